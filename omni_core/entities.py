@@ -1,0 +1,105 @@
+"""Tenants and instances as plugins and API handlers see them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+#: Config keys whose values are secrets: accepted on write, never returned or logged.
+SECRET_KEY_PARTS = ("key", "token", "secret", "password", "credential")
+
+
+def is_secret_key(name: str) -> bool:
+    lowered = name.lower()
+    return any(part in lowered for part in SECRET_KEY_PARTS)
+
+
+def redact(value: Any) -> Any:
+    """Copy of a config tree with every secret-named value removed (replaced by ``"***"`` markers).
+
+    The marker tells an operator that a secret *is set* without revealing it.
+    """
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if is_secret_key(str(k)) and not isinstance(v, dict | list):
+                out[k] = "***" if v not in (None, "") else v
+            else:
+                out[k] = redact(v)
+        return out
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def strip_secrets(value: Any) -> Any:
+    """Copy of a config tree with secret-named values dropped entirely (for agent context)."""
+    if isinstance(value, dict):
+        return {k: strip_secrets(v) for k, v in value.items() if not (is_secret_key(str(k)) and not isinstance(v, dict | list))}
+    if isinstance(value, list):
+        return [strip_secrets(v) for v in value]
+    return value
+
+
+def merge_config(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """JSON merge-patch (RFC 7386): nested dicts merge, ``null`` deletes a key."""
+    out = dict(base)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_config(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+class Tenant(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+    webhook_secret: str = ""
+    created_at: str = ""
+    updated_at: str = ""
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "config": redact(self.config),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+class Instance(msgspec.Struct, kw_only=True):
+    """A connection of one tenant to one channel account (a WhatsApp number, a Slack app ...)."""
+
+    id: str
+    tenant: str
+    name: str
+    channel: str
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+    state: str = "created"
+    state_reason: str | None = None
+    qrcode_base64: str | None = None
+    qrcode_code: str | None = None
+    pairing_code: str | None = None
+    profile: dict[str, Any] = msgspec.field(default_factory=dict)
+    created_at: str = ""
+    updated_at: str = ""
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "name": self.name,
+            "channel": self.channel,
+            "config": redact(self.config),
+            "state": self.state,
+            "state_reason": self.state_reason,
+            "profile": self.profile,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }

@@ -1,0 +1,117 @@
+"""The hooks a plugin can implement. Every hook is optional.
+
+Plugins are ordinary packages that expose a module through the ``omni.plugins`` entry-point
+group and decorate functions with :data:`omni_core.hookimpl`. The hub calls:
+
+* ``omni_channels`` / ``omni_routes`` once at start-up, to learn what a plugin provides;
+* ``omni_normalize`` on the ingest path, to turn a raw platform event into unified events;
+* ``omni_route`` from the queue, to hand an inbound message to an agent backend;
+* ``omni_deliver`` from the queue, to send an outbound message on a channel;
+* ``omni_instance_*`` from the instances API, to manage the account on the channel's server;
+* ``omni_startup`` / ``omni_shutdown`` around the hub's life.
+
+Hooks that do I/O follow one convention, because pluggy itself is synchronous: the
+implementation returns ``None`` when the call is not for it (another channel, backend
+disabled) and otherwise returns an *awaitable* that the hub awaits. They are
+``firstresult`` hooks, so exactly one plugin answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from omni_core.entities import Instance, Tenant
+    from omni_core.hub import Hub, RouteContext
+    from omni_core.lifecycle import InstanceInfo, QrCode
+    from omni_core.model import AgentReply, DeliveryReceipt, Message, NormalizedEvent
+
+PROJECT = "omni"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def omni_channels() -> Sequence[str]:  # type: ignore[empty-body]
+    """Names of the channels this plugin provides (``"whatsapp"``, ``"slack"`` ...)."""
+
+
+@hookspec
+def omni_routes(hub: Hub) -> Sequence[Any]:  # type: ignore[empty-body]
+    """Litestar route handlers to mount (a channel's inbound webhook endpoints).
+
+    Handlers stay thin: read and verify the request, call :meth:`Hub.ingest`, answer. They
+    may declare a ``hub: Hub`` parameter, which the core injects.
+    """
+
+
+@hookspec(firstresult=True)
+def omni_normalize(
+    channel: str, tenant: Tenant, instance: Instance | None, payload: Any
+) -> Sequence[NormalizedEvent] | None:
+    """Turn one raw platform event into unified events. Pure: no I/O.
+
+    Return ``None`` when ``channel`` is not yours. Raise :class:`ValueError` when the
+    payload is malformed; the hub answers 400 naming the problem.
+    """
+
+
+@hookspec(firstresult=True)
+def omni_normalize_address(channel: str, address: str) -> str | None:
+    """Canonical chat id for a user-supplied recipient (``"5511..."`` -> ``"5511...@s.whatsapp.net"``).
+
+    Used by ``POST /messages/send`` so outbound messages land in the same chat (history,
+    ordering) as inbound ones. Raise ``ValueError`` for an address the channel cannot use.
+    """
+
+
+@hookspec(firstresult=True)
+def omni_route(
+    hub: Hub, tenant: Tenant, message: Message, context: RouteContext
+) -> Awaitable[AgentReply] | None:
+    """Hand an inbound message to an agent backend.
+
+    Return ``None`` when this backend is not enabled for the tenant; otherwise an awaitable
+    of :class:`AgentReply`. Raise :class:`TransientError` / :class:`PermanentError` on
+    failure so the queue retries or gives up.
+    """
+
+
+@hookspec(firstresult=True)
+def omni_deliver(hub: Hub, instance: Instance, message: Message) -> Awaitable[DeliveryReceipt] | None:
+    """Send an outbound message on ``instance``'s channel; ``None`` when not your channel."""
+
+
+@hookspec(firstresult=True)
+def omni_instance_create(
+    hub: Hub, tenant: Tenant, instance: Instance, options: dict[str, Any]
+) -> Awaitable[InstanceInfo] | None:
+    """Create the account on the channel's server (e.g. an Evolution instance) and point its webhooks at the hub."""
+
+
+@hookspec(firstresult=True)
+def omni_instance_status(hub: Hub, instance: Instance) -> Awaitable[InstanceInfo] | None:
+    """Ask the channel's server for the live state of the instance."""
+
+
+@hookspec(firstresult=True)
+def omni_instance_qr(hub: Hub, instance: Instance) -> Awaitable[QrCode] | None:
+    """Fetch a fresh QR / pairing code for linking the account."""
+
+
+@hookspec(firstresult=True)
+def omni_instance_delete(hub: Hub, instance: Instance) -> Awaitable[None] | None:
+    """Remove the instance from the channel's server."""
+
+
+@hookspec
+def omni_startup(hub: Hub) -> Awaitable[None] | None:
+    """Called once the store and queue are up (open clients, start gateway connections)."""
+
+
+@hookspec
+def omni_shutdown(hub: Hub) -> Awaitable[None] | None:
+    """Called before the hub stops (close clients, stop background tasks)."""

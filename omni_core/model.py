@@ -1,0 +1,157 @@
+"""The unified message format: msgspec Structs that are both the in-memory model and the wire encoding.
+
+Every channel plugin normalizes its platform's events into these types; the store, the agent
+backends and the outbound API speak nothing else.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+
+Direction = Literal["inbound", "outbound"]
+ChatType = Literal["direct", "group", "channel"]
+ContentType = Literal[
+    "text", "image", "audio", "video", "document", "sticker", "location", "contact", "reaction", "unsupported"
+]
+MessageStatus = Literal[
+    "received", "queued", "processing", "forwarded", "sent", "delivered", "read", "failed", "dead"
+]
+
+#: Order in which delivery statuses advance; a late "delivered" never overwrites "read".
+STATUS_RANK: dict[str, int] = {
+    "received": 0,
+    "queued": 1,
+    "processing": 2,
+    "forwarded": 3,
+    "sent": 4,
+    "delivered": 5,
+    "read": 6,
+    "failed": 7,
+    "dead": 8,
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime) -> str:
+    """ISO 8601 in UTC with millisecond precision and a ``Z`` suffix (sorts lexically)."""
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+class Chat(msgspec.Struct, kw_only=True, omit_defaults=False):
+    id: str
+    type: ChatType = "direct"
+    thread_id: str | None = None
+    name: str | None = None
+
+
+class Sender(msgspec.Struct, kw_only=True):
+    id: str
+    name: str | None = None
+    is_bot: bool = False
+    is_self: bool = False
+
+
+class Media(msgspec.Struct, kw_only=True):
+    url: str | None = None
+    mime_type: str = "application/octet-stream"
+    size: int | None = None
+    filename: str | None = None
+    caption: str | None = None
+
+
+class Content(msgspec.Struct, kw_only=True):
+    type: ContentType = "text"
+    text: str | None = None
+    media: list[Media] = msgspec.field(default_factory=list)
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Message(msgspec.Struct, kw_only=True):
+    """One message in the hub, inbound or outbound, on any channel."""
+
+    id: str
+    source: str
+    tenant: str
+    instance: str
+    direction: Direction
+    chat: Chat
+    sender: Sender
+    content: Content
+    timestamp: str
+    external_id: str | None = None
+    reply_to: str | None = None
+    status: MessageStatus = "received"
+
+
+class StatusUpdate(msgspec.Struct, kw_only=True):
+    """A platform's report that one of our messages changed state (delivered, read, failed ...)."""
+
+    external_id: str
+    status: MessageStatus
+    chat_id: str | None = None
+    error: str | None = None
+
+
+class InstanceUpdate(msgspec.Struct, kw_only=True):
+    """A channel's report about the instance itself: connection state and/or a fresh QR code."""
+
+    state: str | None = None
+    reason: str | None = None
+    qrcode_base64: str | None = None
+    qrcode_code: str | None = None
+    pairing_code: str | None = None
+    profile: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Ignored(msgspec.Struct, kw_only=True):
+    """An event the channel understood but the hub has nothing to do with."""
+
+    reason: str
+
+
+#: What a channel's ``normalize`` hook may return for one raw event.
+NormalizedEvent = Message | StatusUpdate | InstanceUpdate | Ignored
+
+
+class OutboundPart(msgspec.Struct, kw_only=True):
+    """One reply an agent wants delivered: text, media, or both."""
+
+    text: str | None = None
+    media: list[Media] = msgspec.field(default_factory=list)
+
+
+class AgentReply(msgspec.Struct, kw_only=True):
+    """The outcome of routing a message to an agent backend.
+
+    ``parts`` empty means the agent accepted the message but has nothing to say now
+    (it may answer later through ``POST /messages/send``).
+    """
+
+    backend: str
+    parts: list[OutboundPart] = msgspec.field(default_factory=list)
+
+
+class DeliveryReceipt(msgspec.Struct, kw_only=True):
+    """What a channel returns after it handed a message to the platform."""
+
+    external_id: str | None
+    status: MessageStatus = "sent"
+    raw: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+_encoder = msgspec.json.Encoder()
+_message_decoder = msgspec.json.Decoder(Message)
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)
+
+
+def decode_message(data: bytes | str) -> Message:
+    return _message_decoder.decode(data)
