@@ -36,7 +36,11 @@ def redact(value: Any) -> Any:
 def strip_secrets(value: Any) -> Any:
     """Copy of a config tree with secret-named values dropped entirely (for agent context)."""
     if isinstance(value, dict):
-        return {k: strip_secrets(v) for k, v in value.items() if not (is_secret_key(str(k)) and not isinstance(v, dict | list))}
+        return {
+            k: strip_secrets(v)
+            for k, v in value.items()
+            if not (is_secret_key(str(k)) and not isinstance(v, dict | list))
+        }
     if isinstance(value, list):
         return [strip_secrets(v) for v in value]
     return value

@@ -69,9 +69,7 @@ def omni_normalize_address(channel: str, address: str) -> str | None:
 
 
 @hookspec(firstresult=True)
-def omni_route(
-    hub: Hub, tenant: Tenant, message: Message, context: RouteContext
-) -> Awaitable[AgentReply] | None:
+def omni_route(hub: Hub, tenant: Tenant, message: Message, context: RouteContext) -> Awaitable[AgentReply] | None:
     """Hand an inbound message to an agent backend.
 
     Return ``None`` when this backend is not enabled for the tenant; otherwise an awaitable

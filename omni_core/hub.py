@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from omni_core.config import Settings
     from omni_core.pipeline import Pipeline
     from omni_core.store.base import Store
+    from omni_core.worker import WorkerPool
 
 
 class RouteContext(msgspec.Struct, kw_only=True):
@@ -74,6 +75,8 @@ class Hub:
         #: Shared outbound HTTP client (connection pooling); plugins should use it, not their own.
         self.http = http
         self.pipeline = pipeline
+        #: The in-process worker pool (None when this process runs no workers).
+        self.workers: WorkerPool | None = None
 
     # --- request helpers for plugin webhook handlers -------------------------------------------
     async def read_json(self, request: Request[Any, Any, Any]) -> Any:

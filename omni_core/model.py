@@ -16,9 +16,7 @@ ChatType = Literal["direct", "group", "channel"]
 ContentType = Literal[
     "text", "image", "audio", "video", "document", "sticker", "location", "contact", "reaction", "unsupported"
 ]
-MessageStatus = Literal[
-    "received", "queued", "processing", "forwarded", "sent", "delivered", "read", "failed", "dead"
-]
+MessageStatus = Literal["received", "queued", "processing", "forwarded", "sent", "delivered", "read", "failed", "dead"]
 
 #: Order in which delivery statuses advance; a late "delivered" never overwrites "read".
 STATUS_RANK: dict[str, int] = {

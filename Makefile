@@ -1,0 +1,35 @@
+# Omni Hub — the two commands: `make run` and `make test`. Both install everything first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PLUGINS := plugins/omni-whatsapp-evolution plugins/omni-hive
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint typecheck check clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]' $(addprefix -e ,$(PLUGINS))
+	touch $(STAMP)
+
+run: install
+	$(BIN)/omni serve
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy omni_core $(addsuffix /omni_*,$(PLUGINS))
+
+check: lint typecheck test
+
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

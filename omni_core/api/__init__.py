@@ -1,0 +1,1 @@
+"""HTTP API of the core: thin handlers over the store and the pipeline."""

@@ -1,0 +1,174 @@
+"""Sending messages, reading one message with its attempts, and paging through history."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from litestar import Request, get, post
+from litestar.params import Parameter
+
+from omni_core.api.common import parse_body
+from omni_core.api.tenants import visible_tenant
+from omni_core.auth import Principal
+from omni_core.errors import ApiError
+from omni_core.hub import Hub
+from omni_core.ids import new_id
+from omni_core.model import Chat, Content, Media, Message, Sender, iso, utcnow
+from omni_core.store.base import HistoryQuery
+
+
+class MediaIn(msgspec.Struct, forbid_unknown_fields=True):
+    url: str
+    mime_type: str = "application/octet-stream"
+    filename: str | None = None
+    caption: str | None = None
+    size: int | None = None
+
+
+class SendRequest(msgspec.Struct, forbid_unknown_fields=True):
+    instance: str
+    to: str
+    text: str | None = None
+    media: list[MediaIn] = msgspec.field(default_factory=list)
+    reply_to: str | None = None
+    tenant: str | None = None
+
+
+def _content(text: str | None, media: list[Media]) -> Content:
+    if not media:
+        return Content(type="text", text=text)
+    major = media[0].mime_type.split("/", 1)[0]
+    kind = {"image": "image", "audio": "audio", "video": "video"}.get(major, "document")
+    return Content(type=kind, text=text, media=media)  # type: ignore[arg-type]
+
+
+@post("/messages/send", status_code=202)
+async def send_message(request: Request[Any, Any, Any], hub: Hub, principal: Principal) -> dict[str, Any]:
+    body = await parse_body(request, hub, SendRequest)
+    if not (body.text and body.text.strip()) and not body.media:
+        raise ApiError(400, "invalid_request", "a message needs text or media")
+    for item in body.media:
+        if not item.url.startswith(("http://", "https://")):
+            raise ApiError(400, "invalid_request", "media url must be an http(s) URL")
+    scope = principal.tenant_scope()
+    if scope is not None and body.tenant is not None and body.tenant != scope:
+        raise ApiError(404, "unknown_tenant", f"no tenant with id {body.tenant!r}")
+    instance = await hub.store.find_instance(scope or body.tenant, body.instance)
+    if instance is None:
+        raise ApiError(404, "unknown_instance", f"no instance {body.instance!r}")
+    try:
+        chat_id = hub.pm.hook.omni_normalize_address(channel=instance.channel, address=body.to.strip())
+    except ValueError as exc:
+        raise ApiError(400, "invalid_recipient", str(exc)) from None
+    chat_id = chat_id or body.to.strip()
+    if not chat_id:
+        raise ApiError(400, "invalid_recipient", "to must not be empty")
+    media = [
+        Media(url=m.url, mime_type=m.mime_type, filename=m.filename, caption=m.caption, size=m.size) for m in body.media
+    ]
+    message = Message(
+        id=new_id("msg"),
+        source=instance.channel,
+        tenant=instance.tenant,
+        instance=instance.name,
+        direction="outbound",
+        chat=Chat(id=chat_id, type="group" if chat_id.endswith("@g.us") else "direct"),
+        sender=Sender(id=instance.name, is_self=True, is_bot=True),
+        content=_content(body.text, media),
+        timestamp=iso(utcnow()),
+        reply_to=body.reply_to,
+        status="queued",
+    )
+    message_id = await hub.pipeline.enqueue_outbound(message)
+    return {"id": message_id, "status": "queued"}
+
+
+@get("/messages/{message_id:str}")
+async def get_message(message_id: str, hub: Hub, principal: Principal) -> dict[str, Any]:
+    message = await hub.store.get_message(message_id)
+    if message is None or not principal.can_see(message.tenant):
+        raise ApiError(404, "unknown_message", f"no message with id {message_id!r}")
+    jobs = await hub.store.jobs_for_message(message_id)
+    traces = await hub.store.traces_for_message(message_id)
+    out: dict[str, Any] = msgspec.to_builtins(message)
+    out["jobs"] = [j.public() for j in jobs]
+    out["attempts"] = [
+        {
+            "job_id": t.job_id,
+            "stage": t.stage,
+            "attempt": t.attempt,
+            "at": t.at,
+            "duration_ms": t.duration_ms,
+            "outcome": t.outcome,
+            "plugin": t.plugin,
+            "status_code": t.status_code,
+            "error": t.error,
+        }
+        for t in traces
+        if t.job_id is not None
+    ]
+    return out
+
+
+def _cursor_decode(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from None
+    if not raw.startswith("msg_"):
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned")
+    return raw
+
+
+def _cursor_encode(message_id: str) -> str:
+    return base64.urlsafe_b64encode(message_id.encode()).decode().rstrip("=")
+
+
+def _timestamp(name: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, "invalid_request", f"{name} must be an ISO 8601 timestamp") from None
+    if parsed.tzinfo is None:
+        raise ApiError(400, "invalid_request", f"{name} must include a time zone (e.g. Z)")
+    return iso(parsed)
+
+
+@get("/messages/history/{tenant_id:str}")
+async def history(
+    tenant_id: str,
+    hub: Hub,
+    principal: Principal,
+    instance: str | None = None,
+    chat_id: str | None = None,
+    direction: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    limit: int = Parameter(default=50, ge=1, le=500),
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    await visible_tenant(hub, principal, tenant_id)
+    if direction is not None and direction not in ("inbound", "outbound"):
+        raise ApiError(400, "invalid_request", "direction must be inbound or outbound")
+    page = await hub.store.history(
+        HistoryQuery(
+            tenant=tenant_id,
+            instance=instance,
+            chat_id=chat_id,
+            direction=direction,
+            since=_timestamp("since", since),
+            until=_timestamp("until", until),
+            limit=limit,
+            before_id=_cursor_decode(cursor) if cursor else None,
+        )
+    )
+    return {
+        "messages": msgspec.to_builtins(page.messages),
+        "next_cursor": _cursor_encode(page.next_before_id) if page.next_before_id else None,
+    }

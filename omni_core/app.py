@@ -1,0 +1,126 @@
+"""The Litestar application: wires settings, store, plugins, pipeline and workers together."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pluggy
+import structlog
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+
+from omni_core.api import instances, messages, system, tenants
+from omni_core.api.common import (
+    api_error_handler,
+    http_error_handler,
+    internal_error_handler,
+    provide_hub,
+    provide_principal,
+)
+from omni_core.auth import ADMIN_KEY_FILE, Authenticator, announce_admin_key, resolve_admin_key
+from omni_core.config import Settings
+from omni_core.errors import ApiError
+from omni_core.hub import Hub
+from omni_core.pipeline import Pipeline
+from omni_core.plugins import make_plugin_manager
+from omni_core.store.base import Store
+from omni_core.store.sqlite import SqliteStore
+from omni_core.worker import WorkerPool
+
+log = structlog.get_logger("omni.app")
+
+CORE_ROUTES: list[Any] = [
+    system.health,
+    system.list_plugins,
+    system.retry_job,
+    tenants.create_tenant,
+    tenants.list_tenants,
+    tenants.get_tenant,
+    tenants.patch_tenant,
+    tenants.delete_tenant,
+    instances.create_instance,
+    instances.list_instances,
+    instances.get_instance,
+    instances.get_qr,
+    instances.delete_instance,
+    messages.send_message,
+    messages.get_message,
+    messages.history,
+]
+
+
+async def _maybe_await(results: list[Any]) -> None:
+    for result in results:
+        if result is not None:
+            await result
+
+
+def create_app(
+    settings: Settings,
+    *,
+    pm: pluggy.PluginManager | None = None,
+    store: Store | None = None,
+    start_workers: bool = True,
+) -> Litestar:
+    """Build the hub. Nothing touches the disk or network until the app starts (lifespan)."""
+    pm = pm or make_plugin_manager()
+    store = store or SqliteStore(settings.sqlite_path)
+    pipeline = Pipeline(settings, store, pm)
+    http = httpx.AsyncClient(
+        timeout=httpx.Timeout(30.0, connect=5.0),
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
+        headers={"user-agent": "omni-hub/0.1"},
+    )
+    hub = Hub(settings, store, pm, http, pipeline)
+    pipeline.hub = hub
+    workers = WorkerPool(
+        store,
+        pipeline,
+        concurrency=settings.workers,
+        lease_seconds=settings.lease_seconds,
+        poll_interval=settings.poll_interval_seconds,
+    )
+    hub.workers = workers if start_workers else None
+    pipeline.on_enqueue = workers.notify
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await store.open()
+        admin_key, generated = resolve_admin_key(settings.api_key, settings.data_dir)
+        if generated:
+            announce_admin_key(admin_key, settings.data_dir / ADMIN_KEY_FILE)
+        app.state.authenticator = Authenticator(admin_key, store)
+        await _maybe_await(pm.hook.omni_startup(hub=hub))
+        if start_workers:
+            await workers.start()
+        log.info("hub_started", host=settings.api_host, port=settings.api_port, plugins=len(pm.get_plugins()))
+        try:
+            yield
+        finally:
+            if start_workers:
+                await workers.stop()
+            await _maybe_await(pm.hook.omni_shutdown(hub=hub))
+            await http.aclose()
+            await store.close()
+            log.info("hub_stopped")
+
+    plugin_routes = [handler for group in pm.hook.omni_routes(hub=hub) for handler in (group or [])]
+    app = Litestar(
+        route_handlers=[*CORE_ROUTES, *plugin_routes],
+        dependencies={"hub": Provide(provide_hub), "principal": Provide(provide_principal)},
+        exception_handlers={
+            ApiError: api_error_handler,
+            HTTPException: http_error_handler,
+            Exception: internal_error_handler,
+        },
+        lifespan=[lifespan],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=None,
+        debug=False,
+    )
+    app.state.hub = hub
+    return app

@@ -1,0 +1,69 @@
+"""``omni`` command line: ``omni serve`` (default) and ``omni migrate``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from omni_core.config import ConfigError, Settings, load_settings
+from omni_core.logs import configure_logging
+
+
+def _serve(settings: Settings) -> None:
+    import uvicorn
+
+    from omni_core.app import create_app
+
+    app = create_app(settings)
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        loop = "asyncio"
+    uvicorn.run(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        loop=loop,
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=15,
+    )
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    from omni_core.store.sqlite import SqliteStore
+
+    store = SqliteStore(settings.sqlite_path)
+    await store.open()
+    try:
+        return await store.migrate()
+    finally:
+        await store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="omni", description="Omni Hub: multi-tenant messaging hub for AI agents")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="run the hub (default)")
+    sub.add_parser("migrate", help="apply database migrations and exit")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"omni: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    if args.command == "migrate":
+        applied = asyncio.run(_migrate(settings))
+        print(f"migrations applied: {', '.join(applied) if applied else 'none (schema is current)'}")
+        return 0
+    _serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""In-process worker pool over the durable job queue.
+
+One dispatcher claims runnable jobs (the head of each chat's lane) up to the free capacity
+and runs each in its own task. Jobs of one chat therefore run one at a time and in order,
+while different chats and tenants proceed in parallel: a slow agent for one tenant only
+occupies that tenant's slots, never a queue others wait behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+
+import structlog
+
+from omni_core.pipeline import Pipeline
+from omni_core.store.base import Job, Store
+
+log = structlog.get_logger("omni.worker")
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        store: Store,
+        pipeline: Pipeline,
+        *,
+        concurrency: int,
+        lease_seconds: float,
+        poll_interval: float,
+    ) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.owner_prefix = f"{socket.gethostname()}:{os.getpid()}:"
+        self.owner = self.owner_prefix + uuid.uuid4().hex[:8]
+        self._wake = asyncio.Event()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.last_tick = time.monotonic()
+
+    def notify(self) -> None:
+        """Something changed in the queue; look for runnable jobs now."""
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._tasks) and not any(t.done() for t in self._tasks)
+
+    async def start(self) -> None:
+        released = await self.store.recover_leases(self.owner_prefix)
+        if released:
+            log.warning("recovered_jobs", count=released, reason="leases held by a previous run")
+        self._stopping = False
+        self._tasks = [
+            asyncio.create_task(self._dispatch(), name="omni-dispatcher"),
+            asyncio.create_task(self._keep_leases(), name="omni-lease-keeper"),
+        ]
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Stop claiming, let running jobs finish for a while, then cancel the rest.
+
+        A cancelled job keeps its lease and is picked up again after the restart.
+        """
+        self._stopping = True
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._running:
+            _, pending = await asyncio.wait(list(self._running.values()), timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _dispatch(self) -> None:
+        while not self._stopping:
+            self.last_tick = time.monotonic()
+            self._wake.clear()
+            free = self.concurrency - len(self._running)
+            claimed: list[Job] = []
+            if free > 0:
+                try:
+                    claimed = await self.store.claim_jobs(self.owner, free, time.time(), self.lease_seconds)
+                except Exception:
+                    log.exception("claim_failed")
+                    await asyncio.sleep(self.poll_interval)
+                    continue
+                for job in claimed:
+                    task = asyncio.create_task(self._run(job), name=f"omni-job-{job.id}")
+                    self._running[job.id] = task
+            if claimed and len(claimed) == free:
+                # Saturated: wait for a slot, not for the poll interval.
+                await self._wait(self.poll_interval)
+                continue
+            if claimed:
+                continue  # there may be more runnable work
+            await self._wait(await self._idle_timeout())
+
+    async def _idle_timeout(self) -> float:
+        try:
+            due = await self.store.next_due()
+        except Exception:
+            return self.poll_interval
+        if due is None:
+            return self.poll_interval
+        return max(0.0, min(self.poll_interval, due - time.time()))
+
+    async def _wait(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _run(self, job: Job) -> None:
+        try:
+            await self.pipeline.run_job(job)
+        except Exception:
+            log.exception("job_crashed", job_id=job.id)
+        finally:
+            self._running.pop(job.id, None)
+            self._wake.set()
+
+    async def _keep_leases(self) -> None:
+        """Extend the leases of jobs still running here, so a long agent call is not taken over."""
+        interval = max(0.5, self.lease_seconds / 3)
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            ids = list(self._running)
+            if ids:
+                try:
+                    await self.store.extend_leases(self.owner, ids, time.time() + self.lease_seconds)
+                except Exception:
+                    log.exception("lease_extension_failed")

@@ -1,0 +1,93 @@
+"""Configuration parsing, retry schedule, secret redaction, webhook token checks."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from omni_core.config import ConfigError, load_settings
+from omni_core.entities import Tenant, merge_config, redact, strip_secrets
+from omni_core.errors import ApiError, PermanentError, TransientError, classify_status, parse_retry_after
+from omni_core.hub import Hub, session_id_for
+from omni_core.retry import RetryPolicy
+
+
+def test_defaults_match_the_seed() -> None:
+    s = load_settings({}, dotenv=None)
+    assert (s.api_host, s.api_port) == ("0.0.0.0", 8882)
+    assert s.sqlite_path == "./data/automagik-omni.db"
+    assert s.hive_enabled is False and s.workers == 50 and s.retry_max_attempts == 8
+    assert s.max_body_bytes == 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"AUTOMAGIK_OMNI_API_PORT": "eighty"}, "AUTOMAGIK_OMNI_API_PORT"),
+        ({"AUTOMAGIK_OMNI_API_PORT": "70000"}, "AUTOMAGIK_OMNI_API_PORT"),
+        ({"OMNI_TO_HIVE_ENABLED": "maybe"}, "OMNI_TO_HIVE_ENABLED"),
+        ({"OMNI_TO_HIVE_ENABLED": "true"}, "HIVE_API_URL"),
+        ({"HIVE_API_URL": "not a url"}, "HIVE_API_URL"),
+        ({"EVOLUTION_API_BASE_URL": "ftp://x"}, "EVOLUTION_API_BASE_URL"),
+        ({"AUTOMAGIK_OMNI_API_KEY": "short"}, "AUTOMAGIK_OMNI_API_KEY"),
+    ],
+)
+def test_invalid_configuration_names_the_variable(env: dict[str, str], names: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env, dotenv=None)
+    assert str(info.value).startswith(names)
+    assert "\n" not in str(info.value)
+
+
+def test_dotenv_never_overrides_real_environment(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text('AUTOMAGIK_OMNI_API_PORT=9000\nexport HIVE_API_URL="http://hive.local:8000/"\n# comment\n')
+    s = load_settings({"AUTOMAGIK_OMNI_API_PORT": "9100"}, dotenv=dotenv)
+    assert s.api_port == 9100
+    assert s.hive_api_url == "http://hive.local:8000"
+
+
+@given(attempt=st.integers(1, 40), retry_after=st.none() | st.floats(0, 1000), seed=st.integers())
+def test_retry_delay_is_bounded_and_honours_retry_after(attempt: int, retry_after: float | None, seed: int) -> None:
+    policy = RetryPolicy(max_attempts=8, base_seconds=1, max_seconds=300)
+    delay = policy.delay(attempt, retry_after, random.Random(seed))
+    assert 0 < delay <= 300
+    step = min(300, 2 ** (attempt - 1))
+    assert delay >= min(step / 2, 300)
+    if retry_after is not None:
+        assert delay >= min(retry_after, 300)
+
+
+def test_status_classification() -> None:
+    assert classify_status(200) is None
+    assert classify_status(503) is TransientError and classify_status(429) is TransientError
+    assert classify_status(408) is TransientError
+    assert classify_status(400) is PermanentError and classify_status(401) is PermanentError
+    assert parse_retry_after("2.5") == 2.5 and parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_secrets_are_redacted_and_stripped() -> None:
+    config = {"hive": {"api_key": "sk-1", "enabled": True, "api_url": "http://h"}, "greeting": "hi", "token": "t"}
+    assert redact(config) == {"hive": {"api_key": "***", "enabled": True, "api_url": "http://h"}, "greeting": "hi", "token": "***"}
+    assert strip_secrets(config) == {"hive": {"enabled": True, "api_url": "http://h"}, "greeting": "hi"}
+    assert merge_config(config, {"hive": {"api_key": None}, "greeting": "oi"})["hive"] == {"enabled": True, "api_url": "http://h"}
+
+
+def test_webhook_token_check() -> None:
+    tenant = Tenant(id="t", name="t", webhook_secret="whsec_abc")
+    Hub.check_webhook_token(tenant, {"x-omni-webhook-token": "whsec_abc"}, {})
+    Hub.check_webhook_token(tenant, {}, {"token": "whsec_abc"})
+    for headers, query in (({}, {}), ({"x-omni-webhook-token": "nope"}, {}), ({}, {"token": "whsec_ab"})):
+        with pytest.raises(ApiError) as info:
+            Hub.check_webhook_token(tenant, headers, query)
+        assert info.value.status == 401
+
+
+def test_session_id_is_stable_per_chat() -> None:
+    assert session_id_for("t", "i", "c") == session_id_for("t", "i", "c")
+    assert session_id_for("t", "i", "c") != session_id_for("t", "i", "d")
+    assert session_id_for("t", "i", "c") != session_id_for("u", "i", "c")

@@ -1,0 +1,208 @@
+"""The SQLite store: dedup, lanes (per-chat order), leases, group commit, dead-job retry."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from omni_core.entities import Instance, Tenant
+from omni_core.ids import new_id
+from omni_core.model import Chat, Content, Message, Sender, iso, utcnow
+from omni_core.pipeline import lane_for
+from omni_core.store.base import HistoryQuery, NewJob
+from omni_core.store.sqlite import SqliteStore, StoreLockedError
+
+NOW = "2026-01-01T00:00:00.000Z"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(str(tmp_path / "hub.db"))
+    await s.open()
+    await s.create_tenant(Tenant(id="t1", name="T1", webhook_secret="s1", created_at=NOW, updated_at=NOW), "h1")
+    await s.create_tenant(Tenant(id="t2", name="T2", webhook_secret="s2", created_at=NOW, updated_at=NOW), "h2")
+    yield s
+    await s.close()
+
+
+def msg(tenant: str = "t1", chat: str = "c1", external_id: str | None = None, text: str = "hi") -> Message:
+    return Message(
+        id=new_id("msg"),
+        source="whatsapp",
+        tenant=tenant,
+        instance="i1",
+        direction="inbound",
+        external_id=external_id,
+        chat=Chat(id=chat),
+        sender=Sender(id="u1"),
+        content=Content(text=text),
+        timestamp=iso(utcnow()),
+        status="queued",
+    )
+
+
+def job_for(m: Message, run_at: float | None = None) -> NewJob:
+    return NewJob(
+        id=new_id("job"),
+        kind="route",
+        lane=lane_for("route", m.tenant, m.instance, m.chat.id),
+        max_attempts=3,
+        run_at=time.time() if run_at is None else run_at,
+    )
+
+
+async def test_dedup_on_external_id_is_per_tenant(store: SqliteStore) -> None:
+    a = await store.insert_message(msg(external_id="X"), None, NOW)
+    b = await store.insert_message(msg(external_id="X"), None, NOW)
+    c = await store.insert_message(msg(tenant="t2", external_id="X"), None, NOW)
+    assert a.accepted and not b.accepted and b.id == a.id
+    assert c.accepted and c.id != a.id
+
+
+async def test_duplicate_enqueues_no_second_job(store: SqliteStore) -> None:
+    first = msg(external_id="E1")
+    await store.insert_message(first, job_for(first), NOW)
+    again = msg(external_id="E1")
+    out = await store.insert_message(again, job_for(again), NOW)
+    assert not out.accepted
+    claimed = await store.claim_jobs("w", 10, time.time(), 30)
+    assert [j.message_id for j in claimed] == [first.id]
+
+
+async def test_only_the_head_of_a_lane_is_claimable(store: SqliteStore) -> None:
+    chat_a = [msg(chat="a") for _ in range(3)]
+    chat_b = [msg(chat="b") for _ in range(2)]
+    for m in [*chat_a, *chat_b]:
+        await store.insert_message(m, job_for(m), NOW)
+    first = await store.claim_jobs("w", 10, time.time(), 30)
+    assert sorted(j.message_id for j in first) == sorted([chat_a[0].id, chat_b[0].id])
+    assert await store.claim_jobs("w", 10, time.time(), 30) == []
+    done = next(j for j in first if j.message_id == chat_a[0].id)
+    assert await store.finish_route(done, "forwarded", [], NOW)
+    nxt = await store.claim_jobs("w", 10, time.time(), 30)
+    assert [j.message_id for j in nxt] == [chat_a[1].id]
+
+
+async def test_a_lane_waits_for_its_head_in_backoff(store: SqliteStore) -> None:
+    m1, m2 = msg(chat="a"), msg(chat="a")
+    await store.insert_message(m1, job_for(m1), NOW)
+    await store.insert_message(m2, job_for(m2), NOW)
+    [j1] = await store.claim_jobs("w", 10, time.time(), 30)
+    assert await store.retry_later(j1, "boom", time.time() + 60, NOW)
+    # m2 must not overtake m1 while m1 waits for its retry.
+    assert await store.claim_jobs("w", 10, time.time(), 30) == []
+
+
+async def test_expired_lease_is_claimable_again(store: SqliteStore) -> None:
+    m = msg()
+    await store.insert_message(m, job_for(m), NOW)
+    [j] = await store.claim_jobs("dead-worker", 10, time.time(), 0.01)
+    await asyncio.sleep(0.05)
+    [again] = await store.claim_jobs("w2", 10, time.time(), 30)
+    assert again.id == j.id and again.attempts == 2
+    # The first worker lost its lease: its late completion must not count.
+    assert not await store.finish_route(j, "forwarded", [], NOW)
+    assert await store.finish_route(again, "forwarded", [], NOW)
+
+
+async def test_recover_leases_releases_other_owners(store: SqliteStore) -> None:
+    m = msg()
+    await store.insert_message(m, job_for(m), NOW)
+    await store.claim_jobs("oldhost:1:abc", 10, time.time(), 300)
+    assert await store.recover_leases("newhost:2:") == 1
+    assert len(await store.claim_jobs("newhost:2:x", 10, time.time(), 30)) == 1
+
+
+async def test_bury_and_requeue_goes_to_back_of_lane(store: SqliteStore) -> None:
+    m1, m2 = msg(chat="a"), msg(chat="a")
+    await store.insert_message(m1, job_for(m1), NOW)
+    [j1] = await store.claim_jobs("w", 10, time.time(), 30)
+    assert await store.bury(j1, "agent said 400", "failed", NOW)
+    await store.insert_message(m2, job_for(m2), NOW)
+    fresh = await store.requeue_dead(j1.id, time.time(), NOW)
+    assert fresh is not None and fresh.status == "queued" and fresh.attempts == 0
+    order = []
+    for _ in range(2):
+        [j] = await store.claim_jobs("w", 10, time.time(), 30)
+        order.append(j.message_id)
+        await store.finish_route(j, "forwarded", [], NOW)
+    assert order == [m2.id, m1.id]
+    assert await store.requeue_dead(j1.id, time.time(), NOW) is None  # not dead any more
+
+
+async def test_group_commit_isolates_a_failing_write(store: SqliteStore) -> None:
+    good = [msg(external_id=f"g{i}") for i in range(20)]
+    orphan = msg()
+    bad_job = job_for(orphan)
+    bad_job.max_attempts = None  # type: ignore[assignment]  # NOT NULL violation inside the batch
+    results = await asyncio.gather(
+        *[store.insert_message(m, job_for(m), NOW) for m in good[:10]],
+        store.insert_message(orphan, bad_job, NOW),
+        *[store.insert_message(m, job_for(m), NOW) for m in good[10:]],
+        return_exceptions=True,
+    )
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert len(errors) == 1
+    for m in good:
+        assert await store.get_message(m.id) is not None
+    assert await store.get_message(orphan.id) is None
+
+
+async def test_status_never_goes_backwards(store: SqliteStore) -> None:
+    m = msg(external_id="OUT1")
+    m.direction = "outbound"
+    await store.insert_message(m, None, NOW)
+    assert await store.apply_status("t1", "i1", "OUT1", "read", NOW) == m.id
+    await store.apply_status("t1", "i1", "OUT1", "delivered", NOW)
+    got = await store.get_message(m.id)
+    assert got is not None and got.status == "read"
+    assert await store.apply_status("t2", "i1", "OUT1", "read", NOW) is None
+
+
+async def test_history_pages_newest_first(store: SqliteStore) -> None:
+    ids = []
+    for i in range(7):
+        m = msg(text=str(i))
+        ids.append(m.id)
+        await store.insert_message(m, None, NOW)
+    page1 = await store.history(HistoryQuery(tenant="t1", limit=3))
+    assert [m.id for m in page1.messages] == ids[::-1][:3]
+    page2 = await store.history(HistoryQuery(tenant="t1", limit=3, before_id=page1.next_before_id))
+    page3 = await store.history(HistoryQuery(tenant="t1", limit=3, before_id=page2.next_before_id))
+    assert [m.id for m in page2.messages + page3.messages] == ids[::-1][3:]
+    assert page3.next_before_id is None
+    assert (await store.history(HistoryQuery(tenant="t2"))).messages == []
+
+
+async def test_finish_deliver_folds_in_an_early_echo(store: SqliteStore) -> None:
+    out = msg(chat="a")
+    out.direction = "outbound"
+    await store.insert_message(out, NewJob(id=new_id("job"), kind="deliver", lane="d", max_attempts=3, run_at=0), NOW)
+    [job] = await store.claim_jobs("w", 10, time.time(), 30)
+    echo = msg(chat="a", external_id="WA1")
+    echo.direction, echo.status = "outbound", "sent"
+    await store.insert_message(echo, None, NOW)  # the platform's webhook beat our send's response
+    assert await store.finish_deliver(job, "WA1", "sent", NOW)
+    assert await store.get_message(echo.id) is None
+    got = await store.get_message(out.id)
+    assert got is not None and got.external_id == "WA1" and got.status == "sent"
+
+
+async def test_second_process_cannot_open_the_same_file(tmp_path: Path, store: SqliteStore) -> None:
+    other = SqliteStore(store.path)
+    with pytest.raises(StoreLockedError):
+        await other.open()
+
+
+async def test_delete_tenant_removes_its_data(store: SqliteStore) -> None:
+    m = msg()
+    await store.insert_message(m, job_for(m), NOW)
+    await store.create_instance(Instance(id="ins_1", tenant="t1", name="i1", channel="whatsapp", created_at=NOW, updated_at=NOW))
+    assert await store.delete_tenant("t1")
+    assert await store.get_message(m.id) is None
+    assert await store.get_instance("ins_1") is None
+    assert await store.claim_jobs("w", 10, time.time(), 30) == []
