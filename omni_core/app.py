@@ -67,7 +67,7 @@ def create_app(
     start_workers: bool = True,
 ) -> Litestar:
     """Build the hub. Nothing touches the disk or network until the app starts (lifespan)."""
-    pm = pm or make_plugin_manager()
+    pm = pm or make_plugin_manager(disabled=settings.plugins_disabled)
     store = store or SqliteStore(settings.sqlite_path)
     pipeline = Pipeline(settings, store, pm)
     http = httpx.AsyncClient(

@@ -40,6 +40,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     log_level: str = "info"
     log_format: str = "auto"
     environment: str = "production"
+    #: Entry-point names of installed plugins not to load; ``("*",)`` loads none.
+    plugins_disabled: tuple[str, ...] = ()
 
     @property
     def data_dir(self) -> Path:
@@ -161,4 +163,6 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         kw["log_format"] = v.lower()
     if (v := get("OMNI_ENVIRONMENT")) is not None:
         kw["environment"] = v.lower()
+    if (v := get("OMNI_PLUGINS_DISABLED")) is not None:
+        kw["plugins_disabled"] = tuple(name.strip() for name in v.split(",") if name.strip())
     return Settings(**kw)  # type: ignore[arg-type]

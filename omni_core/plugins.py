@@ -11,10 +11,15 @@ from omni_core import hookspecs
 ENTRY_POINT_GROUP = "omni.plugins"
 
 
-def make_plugin_manager(load_entry_points: bool = True, extra: list[Any] | None = None) -> pluggy.PluginManager:
+def make_plugin_manager(
+    load_entry_points: bool = True, disabled: tuple[str, ...] = (), extra: list[Any] | None = None
+) -> pluggy.PluginManager:
+    """A plugin manager with the hookspecs and every installed plugin, except the ``disabled`` names."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    if load_entry_points:
+    if load_entry_points and "*" not in disabled:
+        for name in disabled:
+            pm.set_blocked(name)
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     for plugin in extra or []:
         pm.register(plugin)

@@ -1,0 +1,85 @@
+"""Shared fixtures: fake Evolution and Hive servers, and the hub itself as a real process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.evolution import FakeEvolution
+from tests.fakes.hive import FakeHive
+from tests.hub_process import HubProcess
+
+EVOLUTION_KEY = "evolution-global-key"
+HIVE_KEY = "hive-secret-key"
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def evolution_server() -> Iterator[FakeEvolution]:
+    with FakeEvolution(api_key=EVOLUTION_KEY) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def hive_server() -> Iterator[FakeHive]:
+    with FakeHive(api_key=HIVE_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def evolution(evolution_server: FakeEvolution) -> Iterator[FakeEvolution]:
+    evolution_server.reset()
+    yield evolution_server
+    evolution_server.reset()
+
+
+@pytest.fixture
+def hive(hive_server: FakeHive) -> Iterator[FakeHive]:
+    hive_server.reset()
+    yield hive_server
+    hive_server.reset()
+
+
+HubFactory = Callable[..., HubProcess]
+
+
+@pytest.fixture
+def hub_factory(tmp_path: Path, evolution: FakeEvolution, hive: FakeHive) -> Iterator[HubFactory]:
+    """Start hubs wired to the fakes; ``hub_factory(hive=False, **env)``. All are stopped afterwards."""
+    started: list[HubProcess] = []
+
+    def make(hive_enabled: bool = True, start: bool = True, **env: str) -> HubProcess:
+        data = tmp_path / f"hub{len(started)}"
+        data.mkdir()
+        hub = HubProcess(
+            data,
+            {
+                "EVOLUTION_API_BASE_URL": evolution.url,
+                "EVOLUTION_API_KEY": EVOLUTION_KEY,
+                "OMNI_TO_HIVE_ENABLED": "true" if hive_enabled else "false",
+                "HIVE_API_URL": hive.url,
+                "HIVE_API_KEY": HIVE_KEY,
+                "HIVE_TIMEOUT_SECONDS": "5",
+                **env,
+            },
+        )
+        started.append(hub)
+        return hub.start() if start else hub
+
+    yield make
+    for hub in started:
+        hub.close()
+
+
+@pytest.fixture
+def hub(hub_factory: HubFactory) -> HubProcess:
+    return hub_factory()
+
+
+def load_fixture(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+    return data
