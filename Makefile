@@ -26,7 +26,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy omni_core $(addsuffix /omni_*,$(PLUGINS))
+	$(BIN)/mypy omni_core $(addsuffix /omni_*,$(PLUGINS)) tests
 
 check: lint typecheck test
 

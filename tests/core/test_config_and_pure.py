@@ -72,9 +72,16 @@ def test_status_classification() -> None:
 
 def test_secrets_are_redacted_and_stripped() -> None:
     config = {"hive": {"api_key": "sk-1", "enabled": True, "api_url": "http://h"}, "greeting": "hi", "token": "t"}
-    assert redact(config) == {"hive": {"api_key": "***", "enabled": True, "api_url": "http://h"}, "greeting": "hi", "token": "***"}
+    assert redact(config) == {
+        "hive": {"api_key": "***", "enabled": True, "api_url": "http://h"},
+        "greeting": "hi",
+        "token": "***",
+    }
     assert strip_secrets(config) == {"hive": {"enabled": True, "api_url": "http://h"}, "greeting": "hi"}
-    assert merge_config(config, {"hive": {"api_key": None}, "greeting": "oi"})["hive"] == {"enabled": True, "api_url": "http://h"}
+    assert merge_config(config, {"hive": {"api_key": None}, "greeting": "oi"})["hive"] == {
+        "enabled": True,
+        "api_url": "http://h",
+    }
 
 
 def test_webhook_token_check() -> None:

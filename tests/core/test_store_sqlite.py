@@ -79,7 +79,7 @@ async def test_only_the_head_of_a_lane_is_claimable(store: SqliteStore) -> None:
     for m in [*chat_a, *chat_b]:
         await store.insert_message(m, job_for(m), NOW)
     first = await store.claim_jobs("w", 10, time.time(), 30)
-    assert sorted(j.message_id for j in first) == sorted([chat_a[0].id, chat_b[0].id])
+    assert sorted(str(j.message_id) for j in first) == sorted([chat_a[0].id, chat_b[0].id])
     assert await store.claim_jobs("w", 10, time.time(), 30) == []
     done = next(j for j in first if j.message_id == chat_a[0].id)
     assert await store.finish_route(done, "forwarded", [], NOW)
@@ -201,7 +201,9 @@ async def test_second_process_cannot_open_the_same_file(tmp_path: Path, store: S
 async def test_delete_tenant_removes_its_data(store: SqliteStore) -> None:
     m = msg()
     await store.insert_message(m, job_for(m), NOW)
-    await store.create_instance(Instance(id="ins_1", tenant="t1", name="i1", channel="whatsapp", created_at=NOW, updated_at=NOW))
+    await store.create_instance(
+        Instance(id="ins_1", tenant="t1", name="i1", channel="whatsapp", created_at=NOW, updated_at=NOW)
+    )
     assert await store.delete_tenant("t1")
     assert await store.get_message(m.id) is None
     assert await store.get_instance("ins_1") is None

@@ -11,7 +11,9 @@ import httpx
 from tests.hub_process import HubProcess
 
 
-def setup_tenant(hub: HubProcess, tenant_id: str = "acme", instance: str = "acme-sales", **config: Any) -> dict[str, Any]:
+def setup_tenant(
+    hub: HubProcess, tenant_id: str = "acme", instance: str = "acme-sales", **config: Any
+) -> dict[str, Any]:
     """Create a tenant and a WhatsApp instance through the API; returns the tenant (with secrets)."""
     tenant = hub.create_tenant(tenant_id, **config)
     r = hub.admin.post("/instances/create", json={"instanceName": instance, "tenant": tenant_id, "qrcode": True})

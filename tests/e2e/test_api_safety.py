@@ -55,15 +55,27 @@ def test_api_keys_and_validation(hub: HubProcess) -> None:
     _error(httpx.get(f"{hub.url}/tenants", headers={"x-api-key": "nope"}, timeout=5), 401, "invalid_api_key")
     _error(hub.admin.post("/tenants", json={"name": 42}), 400, "invalid_request")
     _error(hub.admin.post("/tenants", json={"name": "ok", "id": "bad id!"}), 400, "invalid_request")
-    _error(hub.admin.post("/tenants", content=b"{nope", headers={"content-type": "application/json"}), 400, "malformed_json")
+    _error(
+        hub.admin.post("/tenants", content=b"{nope", headers={"content-type": "application/json"}),
+        400,
+        "malformed_json",
+    )
     hub.create_tenant("acme")
     _error(hub.admin.post("/tenants", json={"name": "again", "id": "acme"}), 409, "tenant_exists")
     _error(hub.admin.post("/messages/send", json={"instance": "x", "to": "1"}), 400)
     _error(hub.admin.post("/messages/send", json={"instance": 5, "to": "1", "text": "t"}), 400, "invalid_request")
-    _error(hub.admin.post("/messages/send", json={"instance": "ghost", "to": "5511999990000", "text": "t"}), 404, "unknown_instance")
+    _error(
+        hub.admin.post("/messages/send", json={"instance": "ghost", "to": "5511999990000", "text": "t"}),
+        404,
+        "unknown_instance",
+    )
     _error(hub.admin.get("/messages/msg_nope"), 404, "unknown_message")
     _error(hub.admin.get("/no/such/route"), 404)
-    _error(hub.admin.post("/instances/create", json={"instanceName": "x", "tenant": "acme", "channel": "fax"}), 400, "unknown_channel")
+    _error(
+        hub.admin.post("/instances/create", json={"instanceName": "x", "tenant": "acme", "channel": "fax"}),
+        400,
+        "unknown_channel",
+    )
     _error(hub.admin.post("/instances/create", json={"tenant": "acme"}), 400, "invalid_request")
 
 
@@ -93,7 +105,12 @@ def test_tenants_are_isolated(hub: HubProcess) -> None:
     _error(a_client.get("/instances/qr/beta-wa"), 404)
     _error(a_client.delete("/instances/beta-wa"), 404)
     _error(a_client.post("/messages/send", json={"instance": "beta-wa", "to": "5511999990000", "text": "x"}), 404)
-    _error(a_client.post("/messages/send", json={"instance": "alpha-wa", "tenant": "beta", "to": "5511999990000", "text": "x"}), 404)
+    _error(
+        a_client.post(
+            "/messages/send", json={"instance": "alpha-wa", "tenant": "beta", "to": "5511999990000", "text": "x"}
+        ),
+        404,
+    )
     _error(a_client.post("/instances/create", json={"instanceName": "sneaky", "tenant": "beta"}), 404)
     assert [i["name"] for i in a_client.get("/instances").json()["instances"]] == ["alpha-wa"]
     # A webhook signed with alpha's secret cannot post into beta, nor into beta's instance.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tests import evolution_payloads as evo
@@ -23,17 +24,19 @@ def _stored(hub: HubProcess, message_id: str) -> dict[str, Any]:
 def test_every_upsert_kind_normalizes(hub: HubProcess, hive: FakeHive) -> None:
     tenant = setup_tenant(hub)
     hive.responder = lambda req: (200, {})
-    cases = [
+    cases: list[tuple[dict[str, Any], Callable[[dict[str, Any]], bool]]] = [
         (
             evo.upsert(
                 "acme-sales",
                 message={"imageMessage": {**MEDIA, "mimetype": "image/jpeg", "caption": "foto do defeito"}},
                 message_type="imageMessage",
             ),
-            lambda m: m["content"]["type"] == "image"
-            and m["content"]["text"] == "foto do defeito"
-            and m["content"]["media"][0]["mime_type"] == "image/jpeg"
-            and m["content"]["media"][0]["size"] == 52340,
+            lambda m: (
+                m["content"]["type"] == "image"
+                and m["content"]["text"] == "foto do defeito"
+                and m["content"]["media"][0]["mime_type"] == "image/jpeg"
+                and m["content"]["media"][0]["size"] == 52340
+            ),
         ),
         (
             evo.upsert(
@@ -46,13 +49,24 @@ def test_every_upsert_kind_normalizes(hub: HubProcess, hive: FakeHive) -> None:
         (
             evo.upsert(
                 "acme-sales",
-                message={"documentMessage": {**MEDIA, "mimetype": "application/pdf", "fileName": "boleto.pdf", "caption": "boleto"}},
+                message={
+                    "documentMessage": {
+                        **MEDIA,
+                        "mimetype": "application/pdf",
+                        "fileName": "boleto.pdf",
+                        "caption": "boleto",
+                    }
+                },
                 message_type="documentMessage",
             ),
             lambda m: m["content"]["type"] == "document" and m["content"]["media"][0]["filename"] == "boleto.pdf",
         ),
         (
-            evo.upsert("acme-sales", message={"stickerMessage": {**MEDIA, "mimetype": "image/webp"}}, message_type="stickerMessage"),
+            evo.upsert(
+                "acme-sales",
+                message={"stickerMessage": {**MEDIA, "mimetype": "image/webp"}},
+                message_type="stickerMessage",
+            ),
             lambda m: m["content"]["type"] == "sticker",
         ),
         (
@@ -80,19 +94,27 @@ def test_every_upsert_kind_normalizes(hub: HubProcess, hive: FakeHive) -> None:
             lambda m: m["content"]["type"] == "reaction" and m["content"]["text"] == "👍",
         ),
         (
-            evo.upsert("acme-sales", message={"pollCreationMessageV3": {"name": "?"}}, message_type="pollCreationMessageV3"),
+            evo.upsert(
+                "acme-sales", message={"pollCreationMessageV3": {"name": "?"}}, message_type="pollCreationMessageV3"
+            ),
             lambda m: m["content"]["type"] == "unsupported",
         ),
         (
             evo.upsert("acme-sales", "bom dia grupo", group="120363000000000001@g.us", phone="5511955550000"),
-            lambda m: m["chat"] == {"id": "120363000000000001@g.us", "type": "group", "thread_id": None, "name": None}
-            and m["sender"]["id"] == "5511955550000@s.whatsapp.net",
+            lambda m: (
+                m["chat"] == {"id": "120363000000000001@g.us", "type": "group", "thread_id": None, "name": None}
+                and m["sender"]["id"] == "5511955550000@s.whatsapp.net"
+            ),
         ),
         (
             evo.upsert(
                 "acme-sales",
                 "pode ser às 10h?",
-                context_info={"stanzaId": "3AQUOTED00000000000", "participant": evo.OWNER, "quotedMessage": {"conversation": "que horas?"}},
+                context_info={
+                    "stanzaId": "3AQUOTED00000000000",
+                    "participant": evo.OWNER,
+                    "quotedMessage": {"conversation": "que horas?"},
+                },
             ),
             lambda m: m["reply_to"] == "3AQUOTED00000000000",
         ),
@@ -145,7 +167,12 @@ def test_instance_lifecycle_on_evolution(hub: HubProcess, evolution: FakeEvoluti
     tenant = hub.create_tenant("acme")
     r = hub.admin.post(
         "/instances/create",
-        json={"instanceName": "acme-sales", "tenant": "acme", "qrcode": True, "evolution": {"api_key": "per-instance-key-123"}},
+        json={
+            "instanceName": "acme-sales",
+            "tenant": "acme",
+            "qrcode": True,
+            "evolution": {"api_key": "per-instance-key-123"},
+        },
     )
     # The per-instance key is not the fake's key: Evolution answers 401 and the hub says so clearly.
     assert r.status_code == 502, r.text

@@ -121,7 +121,9 @@ def test_per_chat_order_with_20_chats_in_parallel(hub: HubProcess, hive: FakeHiv
         assert delivered_order[phone] == list(range(per_chat)), phone
 
 
-def test_slow_agent_for_one_chat_does_not_block_others(hub: HubProcess, hive: FakeHive, evolution: FakeEvolution) -> None:
+def test_slow_agent_for_one_chat_does_not_block_others(
+    hub: HubProcess, hive: FakeHive, evolution: FakeEvolution
+) -> None:
     tenant = setup_tenant(hub)
 
     async def responder(req: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from tests import evolution_payloads as evo
 from tests.conftest import HIVE_KEY, HubFactory
@@ -12,7 +14,9 @@ from tests.fakes.hive import FakeHive
 from tests.hub_process import HubProcess
 
 
-def test_inbound_is_forwarded_and_the_reply_delivered(hub: HubProcess, hive: FakeHive, evolution: FakeEvolution) -> None:
+def test_inbound_is_forwarded_and_the_reply_delivered(
+    hub: HubProcess, hive: FakeHive, evolution: FakeEvolution
+) -> None:
     tenant = setup_tenant(hub, greeting="oi", hive={"preferred_agent": "sales", "api_key": HIVE_KEY})
     r = post_webhook(hub, tenant, evo.upsert("acme-sales", "Qual o horário?", phone="5511988880001"))
     assert r.status_code == 200
@@ -127,7 +131,7 @@ def test_every_reply_shape_is_delivered_in_order(hub: HubProcess, hive: FakeHive
 
 def test_empty_and_accepted_replies_send_nothing(hub: HubProcess, hive: FakeHive, evolution: FakeEvolution) -> None:
     tenant = setup_tenant(hub)
-    answers = iter([(200, {}), (202, None)])
+    answers: Iterator[tuple[int, Any]] = iter([(200, {}), (202, None)])
     hive.responder = lambda req: next(answers)
     a = post_webhook(hub, tenant, evo.upsert("acme-sales", "um")).json()
     b = post_webhook(hub, tenant, evo.upsert("acme-sales", "dois")).json()
@@ -140,7 +144,9 @@ def test_empty_and_accepted_replies_send_nothing(hub: HubProcess, hive: FakeHive
 def test_messages_send_api_delivers_and_tracks_status(hub: HubProcess, evolution: FakeEvolution) -> None:
     tenant = setup_tenant(hub)
     client = hub.client(tenant["api_key"])
-    r = client.post("/messages/send", json={"instance": "acme-sales", "to": "+55 11 96666-0000", "text": "Seu pedido saiu"})
+    r = client.post(
+        "/messages/send", json={"instance": "acme-sales", "to": "+55 11 96666-0000", "text": "Seu pedido saiu"}
+    )
     assert r.status_code == 202
     assert r.json()["status"] == "queued"
     sent = wait_status(hub, r.json()["id"], "sent")
@@ -167,7 +173,9 @@ def test_messages_send_api_delivers_and_tracks_status(hub: HubProcess, evolution
 
     # Evolution echoes API sends as send.message: the hub knows it already.
     echo = post_webhook(
-        hub, tenant, evo.upsert("acme-sales", "Seu pedido saiu", kid=sent["external_id"], from_me=True, event="send.message")
+        hub,
+        tenant,
+        evo.upsert("acme-sales", "Seu pedido saiu", kid=sent["external_id"], from_me=True, event="send.message"),
     )
     assert echo.json() == {"status": "duplicate", "id": sent["id"]}
 
@@ -175,7 +183,10 @@ def test_messages_send_api_delivers_and_tracks_status(hub: HubProcess, evolution
 def test_history_filters_and_pages(hub: HubProcess, hive: FakeHive) -> None:
     tenant = setup_tenant(hub)
     hive.responder = lambda req: (200, {})
-    ids = [post_webhook(hub, tenant, evo.upsert("acme-sales", f"m{i}", phone=f"551190000000{i % 2}")).json()["id"] for i in range(7)]
+    ids = [
+        post_webhook(hub, tenant, evo.upsert("acme-sales", f"m{i}", phone=f"551190000000{i % 2}")).json()["id"]
+        for i in range(7)
+    ]
     seen: list[str] = []
     cursor = None
     while True:
