@@ -25,6 +25,7 @@ from omni_core.model import (
     iso,
     utcnow,
 )
+from omni_core.webhook_route import WebhookRequest, WebhookRoute, webhook_route
 
 __version__ = "0.1.0"
 
@@ -52,6 +53,8 @@ __all__ = [
     "StatusUpdate",
     "Tenant",
     "TransientError",
+    "WebhookRequest",
+    "WebhookRoute",
     "classify_status",
     "hookimpl",
     "iso",
@@ -61,4 +64,5 @@ __all__ = [
     "session_id_for",
     "strip_secrets",
     "utcnow",
+    "webhook_route",
 ]

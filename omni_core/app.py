@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,6 +30,7 @@ from omni_core.pipeline import Pipeline
 from omni_core.plugins import make_plugin_manager
 from omni_core.store.base import Store
 from omni_core.store.sqlite import SqliteStore
+from omni_core.webhook_route import WebhookRoute, mount_webhook_routes
 from omni_core.worker import WorkerPool
 
 log = structlog.get_logger("omni.app")
@@ -64,11 +66,13 @@ def create_app(
     *,
     pm: pluggy.PluginManager | None = None,
     store: Store | None = None,
-    start_workers: bool = True,
+    start_workers: bool | None = None,
 ) -> Litestar:
     """Build the hub. Nothing touches the disk or network until the app starts (lifespan)."""
     pm = pm or make_plugin_manager(disabled=settings.plugins_disabled)
-    store = store or SqliteStore(settings.sqlite_path)
+    # OMNI_WORKERS=0 makes an API-only process: it accepts and stores, others do the work.
+    start_workers = settings.workers > 0 if start_workers is None else start_workers
+    store = store or SqliteStore(settings.sqlite_path, synchronous=settings.sqlite_synchronous)
     pipeline = Pipeline(settings, store, pm)
     http = httpx.AsyncClient(
         timeout=httpx.Timeout(30.0, connect=5.0),
@@ -80,7 +84,8 @@ def create_app(
     workers = WorkerPool(
         store,
         pipeline,
-        concurrency=settings.workers,
+        concurrency=max(1, settings.workers),
+        tenant_concurrency=settings.tenant_concurrency,
         lease_seconds=settings.lease_seconds,
         poll_interval=settings.poll_interval_seconds,
     )
@@ -97,6 +102,9 @@ def create_app(
         await _maybe_await(pm.hook.omni_startup(hub=hub))
         if start_workers:
             await workers.start()
+        # Everything allocated so far lives as long as the process: keep the collector off it.
+        gc.collect()
+        gc.freeze()
         log.info("hub_started", host=settings.api_host, port=settings.api_port, plugins=len(pm.get_plugins()))
         try:
             yield
@@ -109,9 +117,14 @@ def create_app(
             log.info("hub_stopped")
 
     plugin_routes = [handler for group in pm.hook.omni_routes(hub=hub) for handler in (group or [])]
+    webhook_mounts = mount_webhook_routes([r for r in plugin_routes if isinstance(r, WebhookRoute)])
+    plugin_routes = [r for r in plugin_routes if not isinstance(r, WebhookRoute)] + webhook_mounts
     app = Litestar(
         route_handlers=[*CORE_ROUTES, *plugin_routes],
-        dependencies={"hub": Provide(provide_hub), "principal": Provide(provide_principal)},
+        dependencies={
+            "hub": Provide(provide_hub, sync_to_thread=False),
+            "principal": Provide(provide_principal),
+        },
         exception_handlers={
             ApiError: api_error_handler,
             HTTPException: http_error_handler,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 
 from omni_core.config import ConfigError, Settings, load_settings
@@ -16,6 +17,9 @@ def _serve(settings: Settings) -> None:
     from omni_core.app import create_app
 
     app = create_app(settings)
+    # Each request allocates thousands of short-lived containers; the default threshold (700)
+    # runs the collector many times per request burst for little gain.
+    gc.set_threshold(20_000, 50, 50)
     try:
         import uvloop  # noqa: F401
 

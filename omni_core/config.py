@@ -22,6 +22,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     api_port: int = 8882
     api_key: str | None = None
     sqlite_path: str = "./data/automagik-omni.db"
+    #: FULL syncs the WAL on every commit (survives power loss); NORMAL only survives process crashes.
+    sqlite_synchronous: str = "FULL"
     base_url: str = "http://localhost:8882"
     evolution_api_base_url: str | None = None
     evolution_api_key: str | None = None
@@ -32,6 +34,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     hive_timeout_seconds: float = 30.0
     max_body_bytes: int = 1024 * 1024
     workers: int = 50
+    #: Most jobs of one tenant running at once; 0 means half of ``workers`` (at least 1).
+    tenant_concurrency: int = 0
     retry_max_attempts: int = 8
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 300.0
@@ -39,7 +43,6 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     poll_interval_seconds: float = 0.5
     log_level: str = "info"
     log_format: str = "auto"
-    environment: str = "production"
     #: Entry-point names of installed plugins not to load; ``("*",)`` loads none.
     plugins_disabled: tuple[str, ...] = ()
 
@@ -123,6 +126,10 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         kw["api_key"] = v
     if (v := get("AUTOMAGIK_OMNI_SQLITE_DATABASE_PATH")) is not None:
         kw["sqlite_path"] = v
+    if (v := get("OMNI_SQLITE_SYNCHRONOUS")) is not None:
+        if v.upper() not in ("FULL", "NORMAL"):
+            raise ConfigError(f"OMNI_SQLITE_SYNCHRONOUS: expected FULL or NORMAL, got {v!r}")
+        kw["sqlite_synchronous"] = v.upper()
     port = kw.get("api_port", 8882)
     kw["base_url"] = _url("OMNI_BASE_URL", get("OMNI_BASE_URL") or f"http://localhost:{port}")
     if (v := get("EVOLUTION_API_BASE_URL")) is not None:
@@ -142,7 +149,9 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
     if (v := get("OMNI_MAX_BODY_BYTES")) is not None:
         kw["max_body_bytes"] = _int("OMNI_MAX_BODY_BYTES", v, low=1024, high=512 * 1024 * 1024)
     if (v := get("OMNI_WORKERS")) is not None:
-        kw["workers"] = _int("OMNI_WORKERS", v, low=1, high=10_000)
+        kw["workers"] = _int("OMNI_WORKERS", v, low=0, high=10_000)
+    if (v := get("OMNI_TENANT_CONCURRENCY")) is not None:
+        kw["tenant_concurrency"] = _int("OMNI_TENANT_CONCURRENCY", v, low=0, high=10_000)
     if (v := get("OMNI_RETRY_MAX_ATTEMPTS")) is not None:
         kw["retry_max_attempts"] = _int("OMNI_RETRY_MAX_ATTEMPTS", v, low=1, high=100)
     if (v := get("OMNI_RETRY_BASE_SECONDS")) is not None:
@@ -161,8 +170,6 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         if v.lower() not in ("auto", "json", "console"):
             raise ConfigError(f"OMNI_LOG_FORMAT: expected auto, json or console, got {v!r}")
         kw["log_format"] = v.lower()
-    if (v := get("OMNI_ENVIRONMENT")) is not None:
-        kw["environment"] = v.lower()
     if (v := get("OMNI_PLUGINS_DISABLED")) is not None:
         kw["plugins_disabled"] = tuple(name.strip() for name in v.split(",") if name.strip())
     return Settings(**kw)  # type: ignore[arg-type]

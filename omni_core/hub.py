@@ -84,6 +84,11 @@ class Hub:
         body = await request.body()
         if len(body) > self.settings.max_body_bytes:
             raise ApiError(413, "body_too_large", f"request body exceeds {self.settings.max_body_bytes} bytes")
+        return self.parse_json(body)
+
+    @staticmethod
+    def parse_json(body: bytes) -> Any:
+        """``body`` parsed as JSON; 400 naming the problem when empty or malformed."""
         if not body:
             raise ApiError(400, "empty_body", "request body is empty; expected a JSON object")
         try:

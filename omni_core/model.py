@@ -38,7 +38,10 @@ def utcnow() -> datetime:
 
 def iso(dt: datetime) -> str:
     """ISO 8601 in UTC with millisecond precision and a ``Z`` suffix (sorts lexically)."""
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    if dt.tzinfo is not UTC:
+        dt = dt.astimezone(UTC)
+    # isoformat is implemented in C; strftime is several times slower on this hot path.
+    return dt.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 class Chat(msgspec.Struct, kw_only=True, omit_defaults=False):

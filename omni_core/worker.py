@@ -30,12 +30,16 @@ class WorkerPool:
         pipeline: Pipeline,
         *,
         concurrency: int,
+        tenant_concurrency: int = 0,
         lease_seconds: float,
         poll_interval: float,
     ) -> None:
         self.store = store
         self.pipeline = pipeline
         self.concurrency = concurrency
+        # A per-tenant share keeps one tenant's slow agent from taking every slot.
+        self.tenant_concurrency = tenant_concurrency or max(1, concurrency // 2)
+        self._per_tenant: dict[str, int] = {}
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
         self.owner_prefix = f"{socket.gethostname()}:{os.getpid()}:"
@@ -96,8 +100,11 @@ class WorkerPool:
             free = self.concurrency - len(self._running)
             claimed: list[Job] = []
             if free > 0:
+                full = [t for t, n in self._per_tenant.items() if n >= self.tenant_concurrency]
                 try:
-                    claimed = await self.store.claim_jobs(self.owner, free, time.time(), self.lease_seconds)
+                    claimed = await self.store.claim_jobs(
+                        self.owner, free, time.time(), self.lease_seconds, exclude_tenants=full
+                    )
                 except Exception:
                     log.exception("claim_failed")
                     await asyncio.sleep(self.poll_interval)
@@ -105,6 +112,7 @@ class WorkerPool:
                 for job in claimed:
                     task = asyncio.create_task(self._run(job), name=f"omni-job-{job.id}")
                     self._running[job.id] = task
+                    self._per_tenant[job.tenant] = self._per_tenant.get(job.tenant, 0) + 1
             if claimed and len(claimed) == free:
                 # Saturated: wait for a slot, not for the poll interval.
                 await self._wait(self.poll_interval)
@@ -133,6 +141,11 @@ class WorkerPool:
             log.exception("job_crashed", job_id=job.id)
         finally:
             self._running.pop(job.id, None)
+            left = self._per_tenant.get(job.tenant, 1) - 1
+            if left > 0:
+                self._per_tenant[job.tenant] = left
+            else:
+                self._per_tenant.pop(job.tenant, None)
             self._wake.set()
 
     async def _keep_leases(self) -> None:

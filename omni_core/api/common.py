@@ -17,7 +17,7 @@ T = TypeVar("T")
 log = structlog.get_logger("omni.api")
 
 
-async def provide_hub(request: Request[Any, Any, Any]) -> Hub:
+def provide_hub(request: Request[Any, Any, Any]) -> Hub:
     hub: Hub = request.app.state.hub
     return hub
 

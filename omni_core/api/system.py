@@ -13,6 +13,18 @@ from omni_core.errors import ApiError
 from omni_core.hub import Hub
 from omni_core.plugins import describe_plugins
 
+QUEUE_STATS_TTL_S = 1.0
+_queue_stats: dict[int, tuple[float, dict[str, Any]]] = {}
+
+
+async def cached_queue_stats(hub: Hub) -> dict[str, Any]:
+    """Queue counts at most once a second: health checks stay cheap however often they come."""
+    taken, stats = _queue_stats.get(id(hub), (0.0, {}))
+    if time.monotonic() - taken > QUEUE_STATS_TTL_S:
+        stats = await hub.store.queue_stats(time.time())
+        _queue_stats[id(hub)] = (time.monotonic(), stats)
+    return dict(stats)
+
 
 @get("/health")
 async def health(hub: Hub) -> Response[dict[str, Any]]:
@@ -21,7 +33,7 @@ async def health(hub: Hub) -> Response[dict[str, Any]]:
     started = time.perf_counter()
     try:
         await hub.store.ping()
-        stats = await hub.store.queue_stats(time.time())
+        stats = await cached_queue_stats(hub)
         checks["database"] = {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
         oldest = stats.pop("oldest_created_at")
         age = None

@@ -189,8 +189,12 @@ class Store(ABC):
 
     # --- jobs -----------------------------------------------------------------------------------
     @abstractmethod
-    async def claim_jobs(self, owner: str, limit: int, now: float, lease_seconds: float) -> list[Job]:
+    async def claim_jobs(
+        self, owner: str, limit: int, now: float, lease_seconds: float, exclude_tenants: Sequence[str] = ()
+    ) -> list[Job]:
         """Lease up to ``limit`` runnable jobs: due, queued, and first unfinished in their lane.
+
+        ``exclude_tenants`` are skipped (tenants already using their share of the workers).
 
         Jobs whose lease expired are runnable again (their worker died). The messages of the
         claimed jobs move to ``processing`` in the same transaction.
@@ -237,7 +241,7 @@ class Store(ABC):
 
     @abstractmethod
     async def queue_stats(self, now: float) -> dict[str, Any]:
-        """``{"queued", "running", "dead", "oldest_age_seconds"}``."""
+        """``{"queued", "running", "dead", "oldest_created_at"}`` (ISO time of the oldest unfinished job)."""
 
     @abstractmethod
     async def next_due(self) -> float | None:

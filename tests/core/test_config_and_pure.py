@@ -98,3 +98,20 @@ def test_session_id_is_stable_per_chat() -> None:
     assert session_id_for("t", "i", "c") == session_id_for("t", "i", "c")
     assert session_id_for("t", "i", "c") != session_id_for("t", "i", "d")
     assert session_id_for("t", "i", "c") != session_id_for("u", "i", "c")
+
+
+def test_ids_sort_in_creation_order_and_carry_the_time() -> None:
+    import time
+
+    from omni_core.ids import new_id
+
+    before = time.time_ns() // 1_000_000
+    ids = [new_id("msg") for _ in range(20_000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    body = ids[0].removeprefix("msg_")
+    assert len(body) == 26 and set(body) <= set(alphabet)
+    ms = 0
+    for char in body[:10]:
+        ms = ms * 32 + alphabet.index(char)
+    assert before <= ms <= time.time_ns() // 1_000_000

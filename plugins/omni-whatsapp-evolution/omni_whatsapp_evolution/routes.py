@@ -1,22 +1,20 @@
-"""Litestar handlers for Evolution's webhooks. Thin: authenticate, hand the payload to ``hub.ingest``, answer.
+"""Handlers for Evolution's webhooks. Thin: authenticate, hand the payload to ``hub.ingest``, answer.
 
 Evolution retries non-2xx answers (except 400/401/403/404/422), so the answer is sent only after the
-event is durably stored, and client errors use those non-retried codes.
+event is durably stored, and client errors use those non-retried codes. The handlers use the core's
+lean ``webhook_route`` (plain ASGI): this is the hub's hottest path.
 """
 
 from typing import Any
 
-from litestar import Request, Response, post
-from litestar.handlers import HTTPRouteHandler
-
-from omni_core import ApiError, Hub, Tenant  # runtime import: Litestar resolves handler annotations
+from omni_core import ApiError, Hub, Tenant, WebhookRequest, WebhookRoute, webhook_route
 from omni_whatsapp_evolution.normalize import CHANNEL
 
 WEBHOOK_PATH = "/webhooks/evolution"
 
 
-async def _payload(hub: Hub, request: Request[Any, Any, Any]) -> dict[str, Any]:
-    payload = await hub.read_json(request)
+def _payload(request: WebhookRequest) -> dict[str, Any]:
+    payload = Hub.parse_json(request.body)
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_payload", "Evolution webhook body must be a JSON object")
     if not isinstance(payload.get("event"), str) or not payload["event"]:
@@ -24,23 +22,23 @@ async def _payload(hub: Hub, request: Request[Any, Any, Any]) -> dict[str, Any]:
     return payload
 
 
-async def _ingest(hub: Hub, request: Request[Any, Any, Any], tenant: Tenant, payload: dict[str, Any]) -> Response[Any]:
-    Hub.check_webhook_token(tenant, request.headers, request.query_params)
+async def _ingest(hub: Hub, request: WebhookRequest, tenant: Tenant, payload: dict[str, Any]) -> tuple[int, Any]:
+    Hub.check_webhook_token(tenant, request.headers, request.query)
     instance = payload.get("instance")
     result = await hub.ingest(CHANNEL, tenant, payload, instance if isinstance(instance, str) else None)
-    return Response(content=result.body(), status_code=200)
+    return 200, result.body()
 
 
-async def evolution_webhook_for_tenant(tenant_id: str, request: Request[Any, Any, Any], hub: Hub) -> Response[Any]:
+async def evolution_webhook_for_tenant(hub: Hub, request: WebhookRequest) -> tuple[int, Any]:
     """The URL the hub configures on instances it creates: the tenant is in the path."""
-    payload = await _payload(hub, request)
-    tenant = await hub.tenant_for_webhook(tenant_id)
+    payload = _payload(request)
+    tenant = await hub.tenant_for_webhook(request.path_params["tenant_id"])
     return await _ingest(hub, request, tenant, payload)
 
 
-async def evolution_webhook_by_instance(request: Request[Any, Any, Any], hub: Hub) -> Response[Any]:
+async def evolution_webhook_by_instance(hub: Hub, request: WebhookRequest) -> tuple[int, Any]:
     """A shared URL (e.g. Evolution's global webhook): the tenant is found through the instance name."""
-    payload = await _payload(hub, request)
+    payload = _payload(request)
     name = payload.get("instance")
     if not isinstance(name, str) or not name:
         raise ApiError(400, "invalid_payload", "Evolution webhook body has no string 'instance' field")
@@ -53,11 +51,10 @@ async def evolution_webhook_by_instance(request: Request[Any, Any, Any], hub: Hu
     return await _ingest(hub, request, tenant, payload)
 
 
-def build_routes() -> list[HTTPRouteHandler]:
-    """Fresh handler objects per call: Litestar binds a handler to the app that registers it."""
+def build_routes() -> list[WebhookRoute]:
     return [
-        post(f"{WEBHOOK_PATH}/{{tenant_id:str}}", status_code=200, name="evolution_webhook_for_tenant")(
-            evolution_webhook_for_tenant
+        webhook_route(
+            f"{WEBHOOK_PATH}/{{tenant_id:str}}", evolution_webhook_for_tenant, name="evolution_webhook_for_tenant"
         ),
-        post(WEBHOOK_PATH, status_code=200, name="evolution_webhook_by_instance")(evolution_webhook_by_instance),
+        webhook_route(WEBHOOK_PATH, evolution_webhook_by_instance, name="evolution_webhook_by_instance"),
     ]

@@ -1,0 +1,116 @@
+"""``python -m bench [--quick] [--only NAME ...] [--backend sqlite] [--out docs/performance.md]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bench import procs, report, scenarios
+from bench.backends import BACKENDS
+from bench.scenarios import SCENARIOS, Context, Plan, log
+
+DEFAULT_OUT = Path("docs/performance.md")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Omni Hub benchmark suite (issue 3)")
+    parser.add_argument("--quick", action="store_true", help="tiny runs for a smoke check (under a minute)")
+    parser.add_argument(
+        "--only", nargs="+", choices=SCENARIOS, metavar="NAME", help=f"scenarios: {', '.join(SCENARIOS)}"
+    )
+    parser.add_argument("--backend", nargs="+", choices=sorted(BACKENDS), default=["sqlite"])
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="markdown report (default docs/performance.md; with --quick a file in the temp dir)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "omni-bench-cache",
+        help="where the built history database is kept for reruns",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the hubs' data dirs and logs (printed at the end)")
+    parser.add_argument("--asyncio-driver", action="store_true", help="use the asyncio driver even if wrk is present")
+    return parser.parse_args(argv)
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = Plan.quick() if args.quick else Plan()
+    out: Path = args.out or (
+        Path(tempfile.gettempdir()) / "omni-bench-quick" / "performance.md" if args.quick else DEFAULT_OUT
+    )
+    selected = [name for name in SCENARIOS if not args.only or name in args.only]
+    # SIGTERM takes the same path as Ctrl-C: the finally below stops every child process.
+    signal.signal(signal.SIGTERM, _terminate)
+    workdir = scenarios.make_workdir()
+    facts = report.machine_facts()
+    facts["mode"] = "quick" if args.quick else "standard"
+    fresh: dict[str, Any] = {"order": list(SCENARIOS), "backends": {}}
+    failures = 0
+    started = time.monotonic()
+    fakes = procs.Fakes(workdir)
+    try:
+        fakes.start()
+        log(f"fakes: Hive {fakes.hive_url}, Evolution {fakes.evolution_url}; work dir {workdir}")
+        for name in args.backend:
+            backend = BACKENDS[name]()
+            ctx = Context(plan, backend, workdir / name, args.cache_dir, fakes)
+            if args.asyncio_driver:
+                ctx.use_wrk = False
+            log(f"backend {name}; load generator: {'wrk' if ctx.use_wrk else 'asyncio driver'}")
+            results: dict[str, Any] = {}
+            for scenario in selected:
+                log(f"scenario {scenario}")
+                t0 = time.monotonic()
+                try:
+                    section = scenarios.RUNNERS[scenario](ctx)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:
+                    failures += 1
+                    traceback.print_exc()
+                    section = scenarios.failed_section(scenario, exc)
+                section.raw["elapsed_s"] = round(time.monotonic() - t0, 1)
+                log(f"scenario {scenario} done in {time.monotonic() - t0:.0f}s")
+                for check in section.checks:
+                    verdict = "n/a" if check.passed is None else ("PASS" if check.passed else "MISS")
+                    log(f"  {verdict}: {check.name} = {check.value} (target {check.target})")
+                results[scenario] = {"meta": facts, "section": section.as_dict()}
+            fresh["backends"][name] = results
+    except KeyboardInterrupt:
+        log("interrupted: stopping every process started")
+        return 130
+    finally:
+        fakes.stop()
+        procs.stop_all()
+        if args.keep:
+            log(f"kept work dir {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    json_path = out.with_suffix(".json")
+    data = report.merge(json_path, fresh)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(data, indent=1) + "\n")
+    report.write(out, data)
+    log(f"wrote {out} and {json_path} in {time.monotonic() - started:.0f}s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Child processes of a benchmark run: the hub, the fakes, wrk. Every one is killed when the run ends.
+
+Children get their own session (a Ctrl-C in the terminal reaches only the bench, which then stops
+them in order) and, on Linux, a parent-death signal so they die even if the bench is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ADMIN_KEY = "bench-admin-key-0123456789abcdef"
+HOST = "127.0.0.1"
+_children: list[subprocess.Popen[Any]] = []
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    proc: subprocess.Popen[Any] = subprocess.Popen(cmd, start_new_session=True, preexec_fn=preexec, **kwargs)
+    _children.append(proc)
+    return proc
+
+
+def forget(proc: subprocess.Popen[Any]) -> None:
+    with contextlib.suppress(ValueError):
+        _children.remove(proc)
+
+
+def stop(proc: subprocess.Popen[Any], grace_s: float = 20.0) -> None:
+    """SIGTERM, wait ``grace_s``, then SIGKILL; only ever this one process (by its pid)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(10)
+    forget(proc)
+
+
+def stop_all() -> None:
+    for proc in reversed(list(_children)):
+        stop(proc, grace_s=5.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def http_json(
+    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float = 30.0
+) -> tuple[int, Any]:
+    """Tiny JSON client for setup and control calls (not for load)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None:
+        request.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            raw = response.read()
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        status = exc.code
+    try:
+        return status, json.loads(raw) if raw else None
+    except json.JSONDecodeError:
+        return status, raw.decode(errors="replace")
+
+
+def proc_status_kb(pid: int, field: str) -> int:
+    """A ``/proc/<pid>/status`` memory field in kB (VmRSS, VmHWM ...); 0 when unavailable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from ``/proc/<pid>/stat``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Fakes:
+    """The fake Hive and fake Evolution, in one process of their own."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_path = log_dir / "fakes.log"
+        self.proc: subprocess.Popen[Any] | None = None
+        self.hive_port = 0
+        self.evolution_port = 0
+
+    def start(self) -> Fakes:
+        log = self.log_path.open("ab")
+        self.proc = spawn([sys.executable, "-m", "bench.fakes"], stdout=subprocess.PIPE, stderr=log)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"fakes did not start; see {self.log_path}")
+        ports = json.loads(line)
+        self.hive_port, self.evolution_port = ports["hive_port"], ports["evolution_port"]
+        return self
+
+    @property
+    def hive_url(self) -> str:
+        return f"http://{HOST}:{self.hive_port}"
+
+    @property
+    def evolution_url(self) -> str:
+        return f"http://{HOST}:{self.evolution_port}"
+
+    def configure(self, hive_delay: dict[str, float] | None = None, default_delay: float = 0.0) -> None:
+        http_json(
+            "POST",
+            self.evolution_url + "/_config",
+            {"hive_delay": hive_delay or {}, "hive_default_delay": default_delay},
+        )
+
+    def reset(self) -> None:
+        http_json("POST", self.evolution_url + "/_reset", {})
+
+    def stats(self, records: bool = False) -> dict[str, Any]:
+        _, body = http_json("GET", self.evolution_url + ("/_stats?records=1" if records else "/_stats"))
+        assert isinstance(body, dict)
+        return body
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc, grace_s=5.0)
+            self.proc = None
+
+
+class Hub:
+    """One hub process (``python -m omni_core serve``) on a free port, with its data in ``data_dir``."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.env = {
+            "AUTOMAGIK_OMNI_API_HOST": HOST,
+            "AUTOMAGIK_OMNI_API_PORT": str(self.port),
+            "AUTOMAGIK_OMNI_API_KEY": ADMIN_KEY,
+            "OMNI_BASE_URL": self.url,
+            "OMNI_LOG_LEVEL": "warning",
+            "OMNI_LOG_FORMAT": "json",
+            **env,
+        }
+        self.proc: subprocess.Popen[Any] | None = None
+        self.log_path = data_dir / "hub.log"
+
+    def start(self, timeout_s: float = 60.0) -> Hub:
+        # Nothing from the caller's environment may change the hub under test.
+        environ = {
+            k: v for k, v in os.environ.items() if not k.startswith(("AUTOMAGIK_", "OMNI_", "HIVE_", "EVOLUTION_"))
+        }
+        environ.update(self.env)
+        log = self.log_path.open("ab")
+        self.proc = spawn(
+            [sys.executable, "-m", "omni_core", "serve"], env=environ, cwd=self.data_dir, stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
+            with contextlib.suppress(OSError):
+                if http_json("GET", self.url + "/health", timeout=2)[0] == 200:
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError(f"hub did not become healthy in {timeout_s}s:\n{self.logs()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def health(self) -> dict[str, Any]:
+        status, body = http_json("GET", self.url + "/health", timeout=30)
+        return body if isinstance(body, dict) else {"status": status}
+
+    def queue_depth(self) -> int:
+        body = self.health()
+        return int(body.get("checks", {}).get("queue", {}).get("depth", -1))
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        status, answer = http_json(method, self.url + path, body, {"x-api-key": ADMIN_KEY})
+        if status >= 300:
+            raise RuntimeError(f"{method} {path} -> {status}: {answer}")
+        return answer
+
+    def create_tenant(self, tenant_id: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+        answer: dict[str, Any] = self.admin(
+            "POST", "/tenants", {"id": tenant_id, "name": tenant_id, "config": config or {}}
+        )
+        return answer
+
+    def create_instance(self, tenant_id: str, name: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.admin(
+            "POST", "/instances/create", {"instanceName": name, "tenant": tenant_id, "qrcode": True}
+        )
+        return answer
+
+    def peak_rss_mb(self) -> float:
+        return proc_status_kb(self.pid, "VmHWM") / 1024
+
+    def rss_mb(self) -> float:
+        return proc_status_kb(self.pid, "VmRSS") / 1024
