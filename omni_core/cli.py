@@ -11,10 +11,22 @@ from omni_core.config import ConfigError, Settings, load_settings
 from omni_core.logs import configure_logging
 
 
-def _serve(settings: Settings) -> None:
+def _serve(settings: Settings) -> int:
+    import os
+
     import uvicorn
 
     from omni_core.app import create_app
+    from omni_core.store.sqlite import StoreLockedError, take_file_lock
+
+    # Refuse a second hub on the same database with one clear line, before anything starts.
+    try:
+        os.close(take_file_lock(settings.sqlite_path))
+    except StoreLockedError as exc:
+        print(f"omni: {exc}", file=sys.stderr)
+        return 3
+    except OSError:
+        pass  # the data directory does not exist yet: the store creates it
 
     app = create_app(settings)
     # Each request allocates thousands of short-lived containers; the default threshold (700)
@@ -36,6 +48,7 @@ def _serve(settings: Settings) -> None:
         access_log=False,
         timeout_graceful_shutdown=15,
     )
+    return 0
 
 
 async def _migrate(settings: Settings) -> list[str]:
@@ -65,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         applied = asyncio.run(_migrate(settings))
         print(f"migrations applied: {', '.join(applied) if applied else 'none (schema is current)'}")
         return 0
-    _serve(settings)
-    return 0
+    return _serve(settings)
 
 
 if __name__ == "__main__":

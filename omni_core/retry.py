@@ -1,4 +1,4 @@
-"""Retry schedule for failed jobs: exponential backoff with full jitter, honouring Retry-After."""
+"""Retry schedule for failed jobs: exponential backoff with jitter, honouring Retry-After."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     def delay(self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based).
 
-        Full jitter (uniform between half and all of the exponential step) spreads a burst of
+        Equal jitter (uniform between half and all of the exponential step) spreads a burst of
         failures so they do not hammer a recovering backend in lockstep. A peer's Retry-After
         is a floor, still capped by ``max_seconds``.
         """

@@ -48,7 +48,7 @@ def api_error_handler(_: Request[Any, Any, Any], exc: ApiError) -> Response[Any]
 
 
 _HTTP_CODES = {
-    400: "bad_request",
+    400: "invalid_request",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -96,6 +97,18 @@ async def patch_tenant(
 
 @delete("/tenants/{tenant_id:str}", status_code=200)
 async def delete_tenant(tenant_id: str, hub: Hub, principal: Principal) -> dict[str, Any]:
+    principal.require_admin()
     await visible_tenant(hub, principal, tenant_id)
+    # Remove the tenant's accounts from the channel servers too (best effort: a server that is
+    # down must not keep a tenant alive); report what could not be removed.
+    leftovers = []
+    for instance in await hub.store.list_instances(tenant_id):
+        pending = hub.pm.hook.omni_instance_delete(hub=hub, instance=instance)
+        if pending is None:
+            continue
+        try:
+            await asyncio.wait_for(pending, 30)
+        except Exception as exc:
+            leftovers.append({"instance": instance.name, "error": getattr(exc, "message", None) or type(exc).__name__})
     await hub.store.delete_tenant(tenant_id)
-    return {"status": "deleted", "id": tenant_id}
+    return {"status": "deleted", "id": tenant_id, "instances_not_removed": leftovers}

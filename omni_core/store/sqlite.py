@@ -54,6 +54,9 @@ JOB_COLUMNS = (
 )
 
 
+JOB_COLUMNS_J = ", ".join("j." + c.strip() for c in JOB_COLUMNS.split(","))
+
+
 class StoreLockedError(RuntimeError):
     """Another hub process already uses this database file."""
 
@@ -527,16 +530,23 @@ class SqliteStore(Store):
         excluded = list(exclude_tenants)
 
         def op(db: sqlite3.Connection) -> list[Job]:
-            # The head of a lane is its lowest unfinished seq; only heads are runnable, which is
-            # what keeps one chat strictly in order while other chats run in parallel.
-            skip = f" AND tenant_id NOT IN ({','.join('?' * len(excluded))})" if excluded else ""
+            # Only the head of a lane (its lowest unfinished seq) may run: that keeps one chat
+            # strictly in order while other chats run in parallel. A job whose lease expired is
+            # always a head (only heads run), so it is simply claimable again.
+            skip = f" AND j.tenant_id NOT IN ({','.join('?' * len(excluded))})" if excluded else ""
             rows = db.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE seq IN ("
-                "  SELECT MIN(seq) FROM jobs WHERE status IN ('queued', 'running') GROUP BY lane"
-                ") AND ((status = 'queued' AND run_at <= ?) OR (status = 'running' AND lease_until < ?))"
-                f"{skip} ORDER BY run_at, seq LIMIT ?",
-                (now, now, *excluded, limit),
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running' AND lease_until < ?"
+                f"{skip.replace('j.', '')} LIMIT ?",
+                (now, *excluded, limit),
             ).fetchall()
+            if len(rows) < limit:
+                rows += db.execute(
+                    f"SELECT {JOB_COLUMNS_J} FROM jobs j INDEXED BY jobs_queued"
+                    " WHERE j.status = 'queued' AND j.run_at <= ?"
+                    " AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.lane = j.lane AND p.seq < j.seq"
+                    f" AND p.status IN ('queued', 'running')){skip} ORDER BY j.seq LIMIT ?",
+                    (now, *excluded, limit - len(rows)),
+                ).fetchall()
             if not rows:
                 return []
             jobs = [_job(row) for row in rows]

@@ -97,7 +97,7 @@ def test_tenants_are_isolated(hub: HubProcess) -> None:
     _error(a_client.post("/tenants", json={"name": "x"}), 403)
     _error(a_client.get("/tenants/beta"), 404, "unknown_tenant")
     _error(a_client.patch("/tenants/beta", json={"name": "pwned"}), 404)
-    _error(a_client.delete("/tenants/beta"), 404)
+    _error(a_client.delete("/tenants/beta"), 403, "admin_only")
     _error(a_client.get(f"/messages/{b_msg}"), 404, "unknown_message")
     _error(a_client.get("/messages/history/beta"), 404, "unknown_tenant")
     _error(a_client.get(f"/instances/{b['instance']['id']}"), 404, "unknown_instance")

@@ -211,3 +211,15 @@ def test_instance_lifecycle_on_evolution(hub: HubProcess, evolution: FakeEvoluti
     assert r.status_code == 200
     assert not evolution.has_instance("acme-sales")
     assert hub.admin.get(f"/instances/{created['id']}").status_code == 404
+
+
+def test_deleting_a_tenant_removes_its_instances_on_evolution(hub: HubProcess, evolution: FakeEvolution) -> None:
+    tenant = setup_tenant(hub)
+    assert evolution.has_instance("acme-sales")
+    _error = hub.client(tenant["api_key"]).delete("/tenants/acme")
+    assert _error.status_code == 403  # only the admin deletes tenants
+    r = hub.admin.delete("/tenants/acme")
+    assert r.status_code == 200 and r.json()["instances_not_removed"] == []
+    assert not evolution.has_instance("acme-sales")
+    assert hub.admin.get("/tenants/acme").status_code == 404
+    assert hub.admin.get("/instances").json()["instances"] == []

@@ -150,10 +150,11 @@ def test_group_message_without_phone_participant_keeps_participant() -> None:
     assert one(payload).sender.id == "310020030040050@lid"
 
 
-def test_status_broadcast_is_a_channel_chat() -> None:
-    msg = message_of("upsert_status_broadcast.json")
-    assert msg.chat == Chat(id="status@broadcast", type="channel")
-    assert msg.sender.id == "5521977776666@s.whatsapp.net"
+def test_status_broadcast_is_not_a_conversation() -> None:
+    # Status updates (stories) have nobody to answer: never stored as a turn, never routed.
+    (event,) = normalize_event(TENANT, load("upsert_status_broadcast.json"))
+    assert isinstance(event, Ignored)
+    assert "broadcast" in event.reason
 
 
 def test_from_me_upsert_is_outbound_from_the_instance_owner() -> None:
@@ -622,7 +623,7 @@ _contents = st.one_of(
 @st.composite
 def upserts(draw: st.DrawFn) -> dict[str, Any]:
     """A structurally valid messages.upsert / send.message envelope of any chat kind and content kind."""
-    kind = draw(st.sampled_from(["dm", "lid_dm", "group", "broadcast"]))
+    kind = draw(st.sampled_from(["dm", "lid_dm", "group"]))
     phone = draw(_digits) + "@s.whatsapp.net"
     lid = draw(_digits) + "@lid"
     key: dict[str, Any] = {"id": draw(_key_ids), "fromMe": draw(st.booleans())}
@@ -630,10 +631,8 @@ def upserts(draw: st.DrawFn) -> dict[str, Any]:
         key["remoteJid"] = phone
     elif kind == "lid_dm":
         key.update(remoteJid=lid, remoteJidAlt=phone)
-    elif kind == "group":
-        key.update(remoteJid=draw(_digits) + "@g.us", participant=lid, participantAlt=phone)
     else:
-        key.update(remoteJid="status@broadcast", participant=phone)
+        key.update(remoteJid=draw(_digits) + "@g.us", participant=lid, participantAlt=phone)
     message_type, message = draw(_contents)
     data: dict[str, Any] = {"key": key, "message": message, "messageType": message_type}
     if draw(st.booleans()):
@@ -667,8 +666,6 @@ def test_any_valid_upsert_normalizes(payload: dict[str, Any]) -> None:
     remote = key["remoteJid"]
     if remote.endswith("@g.us"):
         assert msg.chat == Chat(id=remote, type="group")
-    elif remote == "status@broadcast":
-        assert msg.chat.type == "channel"
     else:
         # DMs always land in the phone-number chat, whichever form the key used.
         assert msg.chat.type == "direct" and msg.chat.id.endswith("@s.whatsapp.net")
@@ -687,7 +684,7 @@ def test_encoding_round_trips(payload: dict[str, Any]) -> None:
 
 def test_fixture_messages_round_trip() -> None:
     for path in sorted(FIXTURES.glob("*.json")):
-        if path.name.startswith(("upsert_", "send_")):
+        if path.name.startswith(("upsert_", "send_")) and "broadcast" not in path.name:
             msg = message_of(path.name)
             assert roundtrip(msg) == msg, path.name
 

@@ -240,6 +240,9 @@ def normalize_event(tenant_id: str, payload: Any, *, instance_name: str | None =
             kind = message.content.metadata.get("message_type")
             if message.content.type == "unsupported" and kind in _SIGNALLING_TYPES:
                 events.append(Ignored(reason=f"{kind} is signalling, not a message"))
+            elif message.chat.id.endswith((BROADCAST_SUFFIX, NEWSLETTER_SUFFIX)):
+                # Status updates (stories) and newsletters: nobody to answer, nothing to route.
+                events.append(Ignored(reason="status broadcasts and newsletters are not conversations"))
             else:
                 events.append(message)
         return events
