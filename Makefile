@@ -26,7 +26,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy omni_core $(addsuffix /omni_*,$(PLUGINS)) tests
+	$(BIN)/mypy omni_core plugins/omni-whatsapp-evolution/omni_whatsapp_evolution plugins/omni-hive/omni_hive tests
 
 check: lint typecheck test
 
