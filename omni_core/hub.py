@@ -108,6 +108,10 @@ class Hub:
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
         return await self.store.get_tenant(tenant_id)
 
+    async def instances_for_channel(self, channel: str) -> Sequence[Instance]:
+        """Every instance of ``channel`` (cached): for matching inbound events by app/team/bot id."""
+        return await self.store.channel_instances(channel)
+
     @staticmethod
     def check_webhook_token(
         tenant: Tenant, headers: Mapping[str, str], query: Mapping[str, Any], header: str = "x-omni-webhook-token"

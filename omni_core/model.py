@@ -110,6 +110,18 @@ class InstanceUpdate(msgspec.Struct, kw_only=True):
     profile: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+class MessageChange(msgspec.Struct, kw_only=True):
+    """A platform's report that an earlier message was edited or deleted.
+
+    Recorded on the original message (``content.metadata``), never as a new turn.
+    """
+
+    external_id: str
+    kind: Literal["edited", "deleted"]
+    text: str | None = None
+    at: str | None = None
+
+
 class Ignored(msgspec.Struct, kw_only=True):
     """An event the channel understood but the hub has nothing to do with."""
 
@@ -117,7 +129,7 @@ class Ignored(msgspec.Struct, kw_only=True):
 
 
 #: What a channel's ``normalize`` hook may return for one raw event.
-NormalizedEvent = Message | StatusUpdate | InstanceUpdate | Ignored
+NormalizedEvent = Message | StatusUpdate | InstanceUpdate | MessageChange | Ignored
 
 
 class OutboundPart(msgspec.Struct, kw_only=True):
@@ -156,3 +168,16 @@ def encode(obj: Any) -> bytes:
 
 def decode_message(data: bytes | str) -> Message:
     return _message_decoder.decode(data)
+
+
+def apply_change(message: Message, change: MessageChange) -> None:
+    """Record an edit or deletion in the original message's metadata (keeps every earlier version)."""
+    meta = message.content.metadata
+    history = list(meta.get("changes") or [])
+    history.append({"kind": change.kind, "text": change.text, "at": change.at, "previous_text": message.content.text})
+    meta["changes"] = history
+    if change.kind == "deleted":
+        meta["deleted"] = True
+    else:
+        meta["edited"] = True
+        meta["edited_text"] = change.text

@@ -27,6 +27,7 @@ from omni_core.model import (
     InstanceUpdate,
     Media,
     Message,
+    MessageChange,
     MessageStatus,
     Sender,
     StatusUpdate,
@@ -184,6 +185,13 @@ class Pipeline:
                 return IngestResult(status="ignored", reason="instance update without an instance")
             await self._apply_instance_update(instance, event, now)
             return IngestResult(status="updated", id=instance.id)
+        if isinstance(event, MessageChange):
+            if instance is None:
+                return IngestResult(status="ignored", reason="message change without an instance")
+            changed = await self.store.record_change(tenant.id, instance.name, event, now)
+            if changed is None:
+                return IngestResult(status="ignored", reason="change to an unknown message")
+            return IngestResult(status="updated", id=changed)
         if isinstance(event, Ignored):
             return IngestResult(status="ignored", reason=event.reason)
         raise ApiError(400, "invalid_payload", f"plugin produced an unknown event type {type(event).__name__}")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import msgspec
 
 from omni_core.entities import Instance, Tenant
-from omni_core.model import Message, MessageStatus
+from omni_core.model import Message, MessageChange, MessageStatus
 
 JobKind = Literal["route", "deliver"]
 JobStatus = Literal["queued", "running", "done", "dead"]
@@ -156,6 +156,10 @@ class Store(ABC):
     async def list_instances(self, tenant: str | None) -> list[Instance]: ...
 
     @abstractmethod
+    async def channel_instances(self, channel: str) -> list[Instance]:
+        """Every instance of one channel (plugins match inbound events to instances with it)."""
+
+    @abstractmethod
     async def update_instance(self, instance: Instance) -> None: ...
 
     @abstractmethod
@@ -186,6 +190,10 @@ class Store(ABC):
         self, tenant: str, instance: str, external_id: str, status: MessageStatus, now: str
     ) -> str | None:
         """Advance the status of the message with that external id (never backwards); its id or None."""
+
+    @abstractmethod
+    async def record_change(self, tenant: str, instance: str, change: MessageChange, now: str) -> str | None:
+        """Record an edit/deletion on the message with that external id; its id, or None if unknown."""
 
     # --- jobs -----------------------------------------------------------------------------------
     @abstractmethod

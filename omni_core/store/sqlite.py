@@ -27,7 +27,7 @@ import msgspec
 import structlog
 
 from omni_core.entities import Instance, Tenant
-from omni_core.model import STATUS_RANK, Message, MessageStatus, iso
+from omni_core.model import STATUS_RANK, Message, MessageChange, MessageStatus, apply_change, iso
 from omni_core.store.base import (
     HistoryPage,
     HistoryQuery,
@@ -163,6 +163,7 @@ class SqliteStore(Store):
         self._tenant_cache: dict[str, Tenant] = {}
         self._key_cache: dict[str, str] = {}
         self._instance_cache: dict[tuple[str, str], Instance] = {}
+        self._channel_cache: dict[str, list[Instance]] = {}
         #: Bumped on every invalidation; a read that raced with one does not fill the cache.
         self._cache_generation = 0
 
@@ -252,6 +253,7 @@ class SqliteStore(Store):
         self._tenant_cache.clear()
         self._key_cache.clear()
         self._instance_cache.clear()
+        self._channel_cache.clear()
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._reader is None:
@@ -374,6 +376,7 @@ class SqliteStore(Store):
     # --- instances ------------------------------------------------------------------------------
     async def create_instance(self, instance: Instance) -> bool:
         row = _instance_row(instance)
+        self._invalidate()
 
         def op(db: sqlite3.Connection) -> bool:
             cur = db.execute(
@@ -383,7 +386,9 @@ class SqliteStore(Store):
             )
             return cur.rowcount == 1
 
-        return bool(await self._write(op))
+        created = bool(await self._write(op))
+        self._invalidate()
+        return created
 
     async def get_instance(self, instance_id: str) -> Instance | None:
         row = await self._fetchone(f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ?", (instance_id,))
@@ -420,6 +425,18 @@ class SqliteStore(Store):
                 f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE tenant_id = ? ORDER BY name", (tenant,)
             )
         return [_instance(r) for r in rows]
+
+    async def channel_instances(self, channel: str) -> list[Instance]:
+        cached = self._channel_cache.get(channel)
+        if cached is None:
+            generation = self._cache_generation
+            rows = await self._fetchall(
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE channel = ? ORDER BY id", (channel,)
+            )
+            cached = [_instance(r) for r in rows]
+            if generation == self._cache_generation:
+                self._channel_cache[channel] = cached
+        return [msgspec.structs.replace(i) for i in cached]
 
     async def update_instance(self, instance: Instance) -> None:
         row = _instance_row(instance)
@@ -519,6 +536,25 @@ class SqliteStore(Store):
             if STATUS_RANK.get(status, 0) > STATUS_RANK.get(current, 0) or (status == "failed" and current == "sent"):
                 db.execute("UPDATE messages SET status = ?, updated_at = ? WHERE id = ?", (status, now, message_id))
             return str(message_id)
+
+        result: str | None = await self._write(op)
+        return result
+
+    async def record_change(self, tenant: str, instance: str, change: MessageChange, now: str) -> str | None:
+        def op(db: sqlite3.Connection) -> str | None:
+            row = db.execute(
+                "SELECT id, body, status, external_id FROM messages"
+                " WHERE tenant_id = ? AND instance = ? AND external_id = ?",
+                (tenant, instance, change.external_id),
+            ).fetchone()
+            if row is None:
+                return None
+            message = _message(row[1], row[2], row[3])
+            apply_change(message, change)
+            db.execute(
+                "UPDATE messages SET body = ?, updated_at = ? WHERE id = ?", (_json.encode(message), now, row[0])
+            )
+            return str(row[0])
 
         result: str | None = await self._write(op)
         return result
