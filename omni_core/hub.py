@@ -136,5 +136,8 @@ class Hub:
         """
         return await self.pipeline.ingest(channel, tenant, payload, instance_name)
 
+    async def get_message(self, message_id: str) -> Message | None:
+        return await self.store.get_message(message_id)
+
     async def recent_messages(self, tenant: str, instance: str, chat_id: str, limit: int = 10) -> Sequence[Message]:
         return await self.store.recent_messages(tenant, instance, chat_id, limit)

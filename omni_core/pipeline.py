@@ -53,6 +53,11 @@ def lane_for(kind: str, tenant: str, instance: str, chat_id: str) -> str:
     return f"{kind}\x1f{tenant}\x1f{instance}\x1f{chat_id}"
 
 
+def routable(message: Message) -> bool:
+    """Only what people send reaches an agent: never our own messages, never other bots' (no loops)."""
+    return message.direction == "inbound" and not message.sender.is_self and not message.sender.is_bot
+
+
 def reply_messages(source: Message, reply: AgentReply, channel: str) -> list[Message]:
     """Outbound messages for an agent's reply parts, addressed to the chat the message came from."""
     out = []
@@ -71,7 +76,14 @@ def reply_messages(source: Message, reply: AgentReply, channel: str) -> list[Mes
                     id=source.chat.id, type=source.chat.type, thread_id=source.chat.thread_id, name=source.chat.name
                 ),
                 sender=Sender(id=source.instance, name=None, is_bot=True, is_self=True),
-                content=Content(type=content_type, text=part.text, media=media, metadata={"in_reply_to": source.id}),
+                content=Content(
+                    type=content_type,
+                    text=part.text,
+                    media=media,
+                    # Channels that thread or quote replies (Discord's message_reference, Slack
+                    # threads, interaction follow-ups) find the message being answered here.
+                    metadata={"in_reply_to": source.id, "in_reply_to_external_id": source.external_id},
+                ),
                 timestamp=stamp,
                 reply_to=None,
                 status="queued",
@@ -158,7 +170,7 @@ class Pipeline:
             if event.tenant != tenant.id:
                 raise ApiError(400, "invalid_payload", "normalized message names another tenant")
             job = None
-            if event.direction == "inbound" and not event.sender.is_self:
+            if routable(event):
                 event.status = "queued"
                 job = NewJob(
                     id=new_id("job"),
@@ -252,7 +264,7 @@ class Pipeline:
 
     async def _route(self, job: Job) -> str | None:
         message, tenant = await self._load(job)
-        if message.direction != "inbound" or message.sender.is_self:
+        if not routable(message):
             await self.store.finish_route(job, message.status, [], iso(utcnow()))
             return None
         history = await self.store.recent_messages(
