@@ -29,7 +29,7 @@ from omni_core.hub import Hub
 from omni_core.pipeline import Pipeline
 from omni_core.plugins import make_plugin_manager
 from omni_core.store.base import Store
-from omni_core.store.sqlite import SqliteStore
+from omni_core.store.factory import make_store
 from omni_core.webhook_route import WebhookRoute, mount_webhook_routes
 from omni_core.worker import WorkerPool
 
@@ -72,7 +72,7 @@ def create_app(
     pm = pm or make_plugin_manager(disabled=settings.plugins_disabled)
     # OMNI_WORKERS=0 makes an API-only process: it accepts and stores, others do the work.
     start_workers = settings.workers > 0 if start_workers is None else start_workers
-    store = store or SqliteStore(settings.sqlite_path, synchronous=settings.sqlite_synchronous)
+    store = store or make_store(settings)
     pipeline = Pipeline(settings, store, pm)
     http = httpx.AsyncClient(
         timeout=httpx.Timeout(30.0, connect=5.0),
@@ -91,6 +91,7 @@ def create_app(
     )
     hub.workers = workers if start_workers else None
     pipeline.on_enqueue = workers.notify
+    store.subscribe_jobs(workers.notify)  # work enqueued by other replicas
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -19,14 +19,15 @@ def _serve(settings: Settings) -> int:
     from omni_core.app import create_app
     from omni_core.store.sqlite import StoreLockedError, take_file_lock
 
-    # Refuse a second hub on the same database with one clear line, before anything starts.
-    try:
-        os.close(take_file_lock(settings.sqlite_path))
-    except StoreLockedError as exc:
-        print(f"omni: {exc}", file=sys.stderr)
-        return 3
-    except OSError:
-        pass  # the data directory does not exist yet: the store creates it
+    # Refuse a second hub on the same SQLite file with one clear line, before anything starts.
+    if not settings.database_url:
+        try:
+            os.close(take_file_lock(settings.sqlite_path))
+        except StoreLockedError as exc:
+            print(f"omni: {exc}", file=sys.stderr)
+            return 3
+        except OSError:
+            pass  # the data directory does not exist yet: the store creates it
 
     app = create_app(settings)
     # Each request allocates thousands of short-lived containers; the default threshold (700)
@@ -52,12 +53,12 @@ def _serve(settings: Settings) -> int:
 
 
 async def _migrate(settings: Settings) -> list[str]:
-    from omni_core.store.sqlite import SqliteStore
+    from omni_core.store.factory import make_store
 
-    store = SqliteStore(settings.sqlite_path)
-    await store.open()
+    store = make_store(settings)
+    await store.open()  # opening applies pending migrations (under a lock where replicas share a database)
     try:
-        return await store.migrate()
+        return list(store.applied_migrations)
     finally:
         await store.close()
 
@@ -75,7 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     if args.command == "migrate":
-        applied = asyncio.run(_migrate(settings))
+        from omni_core.store.sqlite import StoreLockedError
+
+        try:
+            applied = asyncio.run(_migrate(settings))
+        except StoreLockedError as exc:
+            print(f"omni: {exc}; the running hub applies migrations itself at start-up", file=sys.stderr)
+            return 3
         print(f"migrations applied: {', '.join(applied) if applied else 'none (schema is current)'}")
         return 0
     return _serve(settings)

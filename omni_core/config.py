@@ -22,6 +22,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     api_port: int = 8882
     api_key: str | None = None
     sqlite_path: str = "./data/automagik-omni.db"
+    #: PostgreSQL URL; when set, the hub uses PostgreSQL instead of SQLite (replicas may share it).
+    database_url: str | None = None
+    db_pool_size: int = 20
     #: FULL syncs the WAL on every commit (survives power loss); NORMAL only survives process crashes.
     sqlite_synchronous: str = "FULL"
     base_url: str = "http://localhost:8882"
@@ -39,7 +42,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     retry_max_attempts: int = 8
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 300.0
-    lease_seconds: float = 120.0
+    lease_seconds: float = 30.0
     poll_interval_seconds: float = 0.5
     log_level: str = "info"
     log_format: str = "auto"
@@ -126,6 +129,13 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         kw["api_key"] = v
     if (v := get("AUTOMAGIK_OMNI_SQLITE_DATABASE_PATH")) is not None:
         kw["sqlite_path"] = v
+    if (v := get("AUTOMAGIK_OMNI_DATABASE_URL")) is not None:
+        parsed = urlparse(v)
+        if parsed.scheme not in ("postgresql", "postgres") or not parsed.path.strip("/"):
+            raise ConfigError("AUTOMAGIK_OMNI_DATABASE_URL: expected postgresql://user:pass@host:5432/database")
+        kw["database_url"] = v
+    if (v := get("OMNI_DB_POOL_SIZE")) is not None:
+        kw["db_pool_size"] = _int("OMNI_DB_POOL_SIZE", v, low=2, high=1000)
     if (v := get("OMNI_SQLITE_SYNCHRONOUS")) is not None:
         if v.upper() not in ("FULL", "NORMAL"):
             raise ConfigError(f"OMNI_SQLITE_SYNCHRONOUS: expected FULL or NORMAL, got {v!r}")

@@ -41,10 +41,12 @@ def omni_channels() -> Sequence[str]:  # type: ignore[empty-body]
 
 @hookspec
 def omni_routes(hub: Hub) -> Sequence[Any]:  # type: ignore[empty-body]
-    """Litestar route handlers to mount (a channel's inbound webhook endpoints).
+    """HTTP endpoints to mount: a channel's inbound webhooks.
 
-    Handlers stay thin: read and verify the request, call :meth:`Hub.ingest`, answer. They
-    may declare a ``hub: Hub`` parameter, which the core injects.
+    Return :func:`omni_core.webhook_route` objects for webhooks (the hub's hot path: plain
+    ASGI with the body limit and error format applied by the core), or ordinary Litestar
+    route handlers for anything else (they may declare ``hub: Hub``, which the core injects).
+    Handlers stay thin: read and verify the request, call :meth:`Hub.ingest`, answer.
     """
 
 

@@ -119,13 +119,15 @@ class Pipeline:
 
     # --- ingest ---------------------------------------------------------------------------------
     async def ingest(self, channel: str, tenant: Tenant, payload: Any, instance_name: str | None) -> IngestResult:
-        instance = await self._instance_for_ingest(channel, tenant, instance_name)
+        instance = await self._known_instance(channel, tenant, instance_name)
         try:
             events = self.pm.hook.omni_normalize(channel=channel, tenant=tenant, instance=instance, payload=payload)
         except ValueError as exc:
             raise ApiError(400, "invalid_payload", str(exc)) from None
         if events is None:
             raise ApiError(404, "unknown_channel", f"no plugin normalizes channel {channel!r}")
+        if instance is None and instance_name is not None and any(not isinstance(e, Ignored) for e in events):
+            instance = await self._register_instance(channel, tenant, instance_name)
         results = [await self._store_event(channel, tenant, instance, event) for event in events]
         if not results:
             return IngestResult(status="ignored", reason="no events in payload")
@@ -135,17 +137,21 @@ class Pipeline:
                 return result
         return results[0]
 
-    async def _instance_for_ingest(self, channel: str, tenant: Tenant, name: str | None) -> Instance | None:
+    async def _known_instance(self, channel: str, tenant: Tenant, name: str | None) -> Instance | None:
         if name is None:
             return None
         instance = await self.store.get_instance_by_name(channel, name)
-        if instance is not None:
-            if instance.tenant != tenant.id:
-                # Another tenant's instance: answer exactly as if it did not exist.
-                raise ApiError(404, "unknown_instance", f"no {channel} instance named {name!r} for this tenant")
-            return instance
-        # An instance created on the channel's server outside the hub: the request carried the
-        # tenant's webhook secret, so it is the tenant's. Register it so its messages are kept.
+        if instance is not None and instance.tenant != tenant.id:
+            # Another tenant's instance: answer exactly as if it did not exist.
+            raise ApiError(404, "unknown_instance", f"no {channel} instance named {name!r} for this tenant")
+        return instance
+
+    async def _register_instance(self, channel: str, tenant: Tenant, name: str) -> Instance:
+        """An instance created on the channel's server outside the hub.
+
+        The request carried the tenant's webhook secret, so it is the tenant's: register it so
+        its messages are kept (only once it sends something the hub keeps).
+        """
         now = iso(utcnow())
         created = Instance(
             id=new_id("ins"),

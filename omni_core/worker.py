@@ -100,10 +100,14 @@ class WorkerPool:
             free = self.concurrency - len(self._running)
             claimed: list[Job] = []
             if free > 0:
-                full = [t for t, n in self._per_tenant.items() if n >= self.tenant_concurrency]
                 try:
                     claimed = await self.store.claim_jobs(
-                        self.owner, free, time.time(), self.lease_seconds, exclude_tenants=full
+                        self.owner,
+                        free,
+                        time.time(),
+                        self.lease_seconds,
+                        busy=dict(self._per_tenant),
+                        tenant_cap=self.tenant_concurrency,
                     )
                 except Exception:
                     log.exception("claim_failed")

@@ -12,6 +12,7 @@ import pytest
 from tests.fakes.evolution import FakeEvolution
 from tests.fakes.hive import FakeHive
 from tests.hub_process import HubProcess
+from tests.pg import create_database, drop_database, require_postgres
 
 EVOLUTION_KEY = "evolution-global-key"
 HIVE_KEY = "hive-secret-key"
@@ -46,15 +47,48 @@ def hive(hive_server: FakeHive) -> Iterator[FakeHive]:
 
 HubFactory = Callable[..., HubProcess]
 
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every hub test runs once on the embedded SQLite store and once on PostgreSQL."""
+    name: str = request.param
+    if name == "postgres":
+        require_postgres()
+    return name
+
 
 @pytest.fixture
-def hub_factory(tmp_path: Path, evolution: FakeEvolution, hive: FakeHive) -> Iterator[HubFactory]:
-    """Start hubs wired to the fakes; ``hub_factory(hive=False, **env)``. All are stopped afterwards."""
+def database_urls() -> Iterator[Callable[[], str]]:
+    """Make throw-away PostgreSQL databases; all are dropped afterwards."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(create_database())
+        return made[-1]
+
+    yield make
+    for url in made:
+        drop_database(url)
+
+
+@pytest.fixture
+def hub_factory(
+    tmp_path: Path, evolution: FakeEvolution, hive: FakeHive, backend: str, database_urls: Callable[[], str]
+) -> Iterator[HubFactory]:
+    """Start hubs wired to the fakes; ``hub_factory(hive=False, **env)``. All are stopped afterwards.
+
+    On the postgres backend each hub gets its own fresh database unless ``env`` names one
+    (replica tests pass the same AUTOMAGIK_OMNI_DATABASE_URL to several hubs).
+    """
     started: list[HubProcess] = []
 
     def make(hive_enabled: bool = True, start: bool = True, **env: str) -> HubProcess:
         data = tmp_path / f"hub{len(started)}"
         data.mkdir()
+        if backend == "postgres" and "AUTOMAGIK_OMNI_DATABASE_URL" not in env:
+            env["AUTOMAGIK_OMNI_DATABASE_URL"] = database_urls()
         hub = HubProcess(
             data,
             {

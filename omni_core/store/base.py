@@ -8,7 +8,7 @@ caller, and every multi-row change that must be atomic is a single method.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -198,11 +198,18 @@ class Store(ABC):
     # --- jobs -----------------------------------------------------------------------------------
     @abstractmethod
     async def claim_jobs(
-        self, owner: str, limit: int, now: float, lease_seconds: float, exclude_tenants: Sequence[str] = ()
+        self,
+        owner: str,
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        busy: Mapping[str, int] | None = None,
+        tenant_cap: int | None = None,
     ) -> list[Job]:
         """Lease up to ``limit`` runnable jobs: due, queued, and first unfinished in their lane.
 
-        ``exclude_tenants`` are skipped (tenants already using their share of the workers).
+        With ``tenant_cap``, no tenant ends up with more than that many jobs running here,
+        counting the ``busy`` ones (tenant -> jobs this worker already runs).
 
         Jobs whose lease expired are runnable again (their worker died). The messages of the
         claimed jobs move to ``processing`` in the same transaction.
@@ -255,6 +262,12 @@ class Store(ABC):
     async def next_due(self) -> float | None:
         """Earliest ``run_at`` among queued jobs (to sleep exactly until then)."""
 
+    def subscribe_jobs(self, callback: Callable[[], None]) -> None:  # noqa: B027 - optional hook
+        """Call ``callback`` when another process enqueues work (a no-op for single-process stores)."""
+
+    #: Names of the migrations :meth:`open` applied.
+    applied_migrations: Sequence[str] = ()
+
     @abstractmethod
     async def recover_leases(self, owner_prefix_alive: str | None) -> int:
         """Release leases held by workers that cannot be alive; returns how many jobs were released."""
@@ -265,3 +278,31 @@ class Store(ABC):
 
     @abstractmethod
     async def traces_for_message(self, message_id: str) -> list[TraceRecord]: ...
+
+
+#: How many candidates to look at per job wanted, so that tenants at their cap do not starve others.
+CLAIM_WINDOW = 4
+
+
+def pick_within_share(
+    candidates: Sequence[Job], limit: int, busy: Mapping[str, int] | None, tenant_cap: int | None
+) -> list[Job]:
+    """The first ``limit`` candidates (in queue order) that keep every tenant within ``tenant_cap``."""
+    if tenant_cap is None:
+        return list(candidates[:limit])
+    load = dict(busy or {})
+    picked = []
+    for job in candidates:
+        if load.get(job.tenant, 0) >= tenant_cap:
+            continue
+        load[job.tenant] = load.get(job.tenant, 0) + 1
+        picked.append(job)
+        if len(picked) == limit:
+            break
+    return picked
+
+
+def tenants_at_cap(busy: Mapping[str, int] | None, tenant_cap: int | None) -> list[str]:
+    if tenant_cap is None or not busy:
+        return []
+    return [tenant for tenant, running in busy.items() if running >= tenant_cap]

@@ -16,7 +16,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -29,6 +29,7 @@ import structlog
 from omni_core.entities import Instance, Tenant
 from omni_core.model import STATUS_RANK, Message, MessageChange, MessageStatus, apply_change, iso
 from omni_core.store.base import (
+    CLAIM_WINDOW,
     HistoryPage,
     HistoryQuery,
     InsertOutcome,
@@ -36,6 +37,22 @@ from omni_core.store.base import (
     NewJob,
     Store,
     TraceRecord,
+    pick_within_share,
+    tenants_at_cap,
+)
+from omni_core.store.rows import (
+    INSERT_MESSAGE,
+    INSTANCE_COLUMNS,
+    JOB_COLUMNS,
+    JOB_COLUMNS_J,
+    TENANT_COLUMNS,
+    instance_from_row,
+    instance_row,
+    job_from_row,
+    json_encode,
+    message_from_row,
+    message_row,
+    tenant_from_row,
 )
 
 T = TypeVar("T")
@@ -43,92 +60,17 @@ T = TypeVar("T")
 WriteOp = Callable[[sqlite3.Connection], Any]
 log = structlog.get_logger("omni.store")
 
-_json = msgspec.json.Encoder()
-_message_decoder = msgspec.json.Decoder(Message)
-_dict_decoder = msgspec.json.Decoder(dict[str, Any])
 MAX_BATCH = 512
-
-JOB_COLUMNS = (
-    "id, seq, tenant_id, kind, lane, message_id, status, attempts, max_attempts, run_at, "
-    "lease_owner, lease_until, last_error, payload, created_at, updated_at"
-)
-
-
-JOB_COLUMNS_J = ", ".join("j." + c.strip() for c in JOB_COLUMNS.split(","))
 
 
 class StoreLockedError(RuntimeError):
     """Another hub process already uses this database file."""
 
 
-def _job(row: Sequence[Any]) -> Job:
-    return Job(
-        id=row[0],
-        seq=row[1],
-        tenant=row[2],
-        kind=row[3],
-        lane=row[4],
-        message_id=row[5],
-        status=row[6],
-        attempts=row[7],
-        max_attempts=row[8],
-        run_at=row[9],
-        lease_owner=row[10],
-        lease_until=row[11],
-        last_error=row[12],
-        payload=_dict_decoder.decode(row[13]),
-        created_at=row[14],
-        updated_at=row[15],
-    )
-
-
-def _message(body: bytes, status: str, external_id: str | None) -> Message:
-    msg = _message_decoder.decode(body)
-    msg.status = status  # type: ignore[assignment]
-    msg.external_id = external_id
-    return msg
-
-
-def _tenant(row: Sequence[Any]) -> Tenant:
-    return Tenant(
-        id=row[0],
-        name=row[1],
-        config=_dict_decoder.decode(row[2]),
-        webhook_secret=row[3],
-        created_at=row[4],
-        updated_at=row[5],
-    )
-
-
-TENANT_COLUMNS = "id, name, config, webhook_secret, created_at, updated_at"
-INSTANCE_COLUMNS = (
-    "id, tenant_id, name, channel, config, state, state_reason, qrcode_base64, qrcode_code, pairing_code, "
-    "profile, created_at, updated_at"
-)
-
-
-def _instance(row: Sequence[Any]) -> Instance:
-    return Instance(
-        id=row[0],
-        tenant=row[1],
-        name=row[2],
-        channel=row[3],
-        config=_dict_decoder.decode(row[4]),
-        state=row[5],
-        state_reason=row[6],
-        qrcode_base64=row[7],
-        qrcode_code=row[8],
-        pairing_code=row[9],
-        profile=_dict_decoder.decode(row[10]),
-        created_at=row[11],
-        updated_at=row[12],
-    )
-
-
-def migrations() -> list[tuple[int, str, str]]:
-    """(version, name, sql) for every bundled SQLite migration, in order."""
+def migrations(dialect: str = "sqlite") -> list[tuple[int, str, str]]:
+    """(version, name, sql) for every bundled migration of ``dialect``, in order."""
     found = []
-    folder = resources.files("omni_core.store").joinpath("migrations", "sqlite")
+    folder = resources.files("omni_core.store").joinpath("migrations", dialect)
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
             version = int(entry.name.split("_", 1)[0])
@@ -166,6 +108,7 @@ class SqliteStore(Store):
         self._channel_cache: dict[str, list[Instance]] = {}
         #: Bumped on every invalidation; a read that raced with one does not fill the cache.
         self._cache_generation = 0
+        self.applied_migrations: list[str] = []
 
     # --- life -----------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -174,7 +117,7 @@ class SqliteStore(Store):
             self._lock_fd = take_file_lock(self.path)
         try:
             self._writer = await self._connect()
-            await self.migrate()
+            self.applied_migrations = await self.migrate()
             self._reader = await self._connect()
         except BaseException:
             await self.close()
@@ -315,7 +258,7 @@ class SqliteStore(Store):
                 (
                     tenant.id,
                     tenant.name,
-                    _json.encode(tenant.config),
+                    json_encode(tenant.config),
                     api_key_hash,
                     tenant.webhook_secret,
                     tenant.created_at,
@@ -333,7 +276,7 @@ class SqliteStore(Store):
             row = await self._fetchone(f"SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?", (tenant_id,))
             if row is None:
                 return None
-            cached = _tenant(row)
+            cached = tenant_from_row(row)
             if generation == self._cache_generation:
                 self._tenant_cache[tenant_id] = cached
         return msgspec.structs.replace(cached)
@@ -348,7 +291,7 @@ class SqliteStore(Store):
         return await self.get_tenant(tenant_id)
 
     async def list_tenants(self) -> list[Tenant]:
-        return [_tenant(r) for r in await self._fetchall(f"SELECT {TENANT_COLUMNS} FROM tenants ORDER BY id")]
+        return [tenant_from_row(r) for r in await self._fetchall(f"SELECT {TENANT_COLUMNS} FROM tenants ORDER BY id")]
 
     async def update_tenant(self, tenant: Tenant) -> None:
         self._invalidate()
@@ -356,7 +299,7 @@ class SqliteStore(Store):
         def op(db: sqlite3.Connection) -> None:
             db.execute(
                 "UPDATE tenants SET name = ?, config = ?, updated_at = ? WHERE id = ?",
-                (tenant.name, _json.encode(tenant.config), tenant.updated_at, tenant.id),
+                (tenant.name, json_encode(tenant.config), tenant.updated_at, tenant.id),
             )
 
         await self._write(op)
@@ -375,7 +318,7 @@ class SqliteStore(Store):
 
     # --- instances ------------------------------------------------------------------------------
     async def create_instance(self, instance: Instance) -> bool:
-        row = _instance_row(instance)
+        row = instance_row(instance)
         self._invalidate()
 
         def op(db: sqlite3.Connection) -> bool:
@@ -392,7 +335,7 @@ class SqliteStore(Store):
 
     async def get_instance(self, instance_id: str) -> Instance | None:
         row = await self._fetchone(f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ?", (instance_id,))
-        return _instance(row) if row else None
+        return instance_from_row(row) if row else None
 
     async def get_instance_by_name(self, channel: str, name: str) -> Instance | None:
         cached = self._instance_cache.get((channel, name))
@@ -403,7 +346,7 @@ class SqliteStore(Store):
             )
             if row is None:
                 return None
-            cached = _instance(row)
+            cached = instance_from_row(row)
             if generation == self._cache_generation:
                 self._instance_cache[(channel, name)] = cached
         return msgspec.structs.replace(cached)
@@ -415,7 +358,7 @@ class SqliteStore(Store):
             sql += " AND tenant_id = ?"
             params.append(tenant)
         rows = await self._fetchall(sql + " ORDER BY id = ? DESC LIMIT 1", [*params, ref])
-        return _instance(rows[0]) if rows else None
+        return instance_from_row(rows[0]) if rows else None
 
     async def list_instances(self, tenant: str | None) -> list[Instance]:
         if tenant is None:
@@ -424,7 +367,7 @@ class SqliteStore(Store):
             rows = await self._fetchall(
                 f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE tenant_id = ? ORDER BY name", (tenant,)
             )
-        return [_instance(r) for r in rows]
+        return [instance_from_row(r) for r in rows]
 
     async def channel_instances(self, channel: str) -> list[Instance]:
         cached = self._channel_cache.get(channel)
@@ -433,13 +376,13 @@ class SqliteStore(Store):
             rows = await self._fetchall(
                 f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE channel = ? ORDER BY id", (channel,)
             )
-            cached = [_instance(r) for r in rows]
+            cached = [instance_from_row(r) for r in rows]
             if generation == self._cache_generation:
                 self._channel_cache[channel] = cached
         return [msgspec.structs.replace(i) for i in cached]
 
     async def update_instance(self, instance: Instance) -> None:
-        row = _instance_row(instance)
+        row = instance_row(instance)
         self._invalidate()
 
         def op(db: sqlite3.Connection) -> None:
@@ -462,7 +405,7 @@ class SqliteStore(Store):
 
     # --- messages -------------------------------------------------------------------------------
     async def insert_message(self, message: Message, job: NewJob | None, now: str) -> InsertOutcome:
-        row = _message_row(message, now)
+        row = message_row(message, now)
 
         def op(db: sqlite3.Connection) -> InsertOutcome:
             cur = db.execute(INSERT_MESSAGE + " ON CONFLICT DO NOTHING", row)
@@ -483,7 +426,7 @@ class SqliteStore(Store):
 
     async def get_message(self, message_id: str) -> Message | None:
         row = await self._fetchone("SELECT body, status, external_id FROM messages WHERE id = ?", (message_id,))
-        return _message(*row) if row else None
+        return message_from_row(*row) if row else None
 
     async def recent_messages(self, tenant: str, instance: str, chat_id: str, limit: int) -> list[Message]:
         rows = await self._fetchall(
@@ -491,7 +434,7 @@ class SqliteStore(Store):
             " ORDER BY id DESC LIMIT ?",
             (tenant, instance, chat_id, limit),
         )
-        return [_message(*r) for r in reversed(rows)]
+        return [message_from_row(*r) for r in reversed(rows)]
 
     async def history(self, query: HistoryQuery) -> HistoryPage:
         clauses = ["tenant_id = ?"]
@@ -518,7 +461,7 @@ class SqliteStore(Store):
         more = len(rows) > query.limit
         rows = rows[: query.limit]
         return HistoryPage(
-            messages=[_message(r[0], r[1], r[2]) for r in rows],
+            messages=[message_from_row(r[0], r[1], r[2]) for r in rows],
             next_before_id=rows[-1][3] if more and rows else None,
         )
 
@@ -549,11 +492,9 @@ class SqliteStore(Store):
             ).fetchone()
             if row is None:
                 return None
-            message = _message(row[1], row[2], row[3])
+            message = message_from_row(row[1], row[2], row[3])
             apply_change(message, change)
-            db.execute(
-                "UPDATE messages SET body = ?, updated_at = ? WHERE id = ?", (_json.encode(message), now, row[0])
-            )
+            db.execute("UPDATE messages SET body = ?, updated_at = ? WHERE id = ?", (json_encode(message), now, row[0]))
             return str(row[0])
 
         result: str | None = await self._write(op)
@@ -561,9 +502,15 @@ class SqliteStore(Store):
 
     # --- jobs -----------------------------------------------------------------------------------
     async def claim_jobs(
-        self, owner: str, limit: int, now: float, lease_seconds: float, exclude_tenants: Sequence[str] = ()
+        self,
+        owner: str,
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        busy: Mapping[str, int] | None = None,
+        tenant_cap: int | None = None,
     ) -> list[Job]:
-        excluded = list(exclude_tenants)
+        excluded = tenants_at_cap(busy, tenant_cap)
 
         def op(db: sqlite3.Connection) -> list[Job]:
             # Only the head of a lane (its lowest unfinished seq) may run: that keeps one chat
@@ -571,8 +518,7 @@ class SqliteStore(Store):
             # always a head (only heads run), so it is simply claimable again.
             skip = f" AND j.tenant_id NOT IN ({','.join('?' * len(excluded))})" if excluded else ""
             rows = db.execute(
-                f"SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running' AND lease_until < ?"
-                f"{skip.replace('j.', '')} LIMIT ?",
+                f"SELECT {JOB_COLUMNS_J} FROM jobs j WHERE j.status = 'running' AND j.lease_until < ?{skip} LIMIT ?",
                 (now, *excluded, limit),
             ).fetchall()
             if len(rows) < limit:
@@ -581,11 +527,11 @@ class SqliteStore(Store):
                     " WHERE j.status = 'queued' AND j.run_at <= ?"
                     " AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.lane = j.lane AND p.seq < j.seq"
                     f" AND p.status IN ('queued', 'running')){skip} ORDER BY j.seq LIMIT ?",
-                    (now, *excluded, limit - len(rows)),
+                    (now, *excluded, (limit - len(rows)) * CLAIM_WINDOW),
                 ).fetchall()
-            if not rows:
+            jobs = pick_within_share([job_from_row(row) for row in rows], limit, busy, tenant_cap)
+            if not jobs:
                 return []
-            jobs = [_job(row) for row in rows]
             stamp = iso(datetime.fromtimestamp(now, UTC))
             until = now + lease_seconds
             seqs = [j.seq for j in jobs]
@@ -628,7 +574,7 @@ class SqliteStore(Store):
     async def finish_route(
         self, job: Job, message_status: MessageStatus, replies: Sequence[tuple[Message, NewJob]], now: str
     ) -> bool:
-        rows = [(_message_row(m, now), m, new_job) for m, new_job in replies]
+        rows = [(message_row(m, now), m, new_job) for m, new_job in replies]
 
         def op(db: sqlite3.Connection) -> bool:
             if not _close_job(db, job, "done", None, now):
@@ -717,18 +663,18 @@ class SqliteStore(Store):
                     "UPDATE messages SET status = 'queued', error = NULL, updated_at = ? WHERE id = ?", (now, row[5])
                 )
             fresh = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            return _job(fresh)
+            return job_from_row(fresh)
 
         result: Job | None = await self._write(op)
         return result
 
     async def get_job(self, job_id: str) -> Job | None:
         row = await self._fetchone(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-        return _job(row) if row else None
+        return job_from_row(row) if row else None
 
     async def jobs_for_message(self, message_id: str) -> list[Job]:
         rows = await self._fetchall(f"SELECT {JOB_COLUMNS} FROM jobs WHERE message_id = ? ORDER BY seq", (message_id,))
-        return [_job(r) for r in rows]
+        return [job_from_row(r) for r in rows]
 
     async def queue_stats(self, now: float) -> dict[str, Any]:
         rows = await self._fetchall(
@@ -840,29 +786,6 @@ def _transaction(db: sqlite3.Connection, ops: list[WriteOp]) -> list[Any]:
     return results
 
 
-INSERT_MESSAGE = (
-    "INSERT INTO messages (id, tenant_id, instance, source, direction, external_id, chat_id, status,"
-    " timestamp, created_at, updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-def _message_row(message: Message, now: str) -> tuple[Any, ...]:
-    return (
-        message.id,
-        message.tenant,
-        message.instance,
-        message.source,
-        message.direction,
-        message.external_id,
-        message.chat.id,
-        message.status,
-        message.timestamp,
-        now,
-        now,
-        _json.encode(message),
-    )
-
-
 def _insert_job(db: sqlite3.Connection, job: NewJob, tenant: str, message_id: str, now: str) -> None:
     db.execute(
         "INSERT INTO jobs (id, tenant_id, kind, lane, message_id, status, attempts, max_attempts, run_at, payload,"
@@ -875,7 +798,7 @@ def _insert_job(db: sqlite3.Connection, job: NewJob, tenant: str, message_id: st
             message_id,
             job.max_attempts,
             job.run_at,
-            _json.encode(job.payload),
+            json_encode(job.payload),
             now,
             now,
         ),
@@ -889,24 +812,6 @@ def _close_job(db: sqlite3.Connection, job: Job, status: str, error: str | None,
         (status, error, now, job.id, job.lease_owner),
     )
     return cur.rowcount == 1
-
-
-def _instance_row(i: Instance) -> tuple[Any, ...]:
-    return (
-        i.id,
-        i.tenant,
-        i.name,
-        i.channel,
-        _json.encode(i.config),
-        i.state,
-        i.state_reason,
-        i.qrcode_base64,
-        i.qrcode_code,
-        i.pairing_code,
-        _json.encode(i.profile),
-        i.created_at,
-        i.updated_at,
-    )
 
 
 def _split_sql(sql: str) -> list[str]:

@@ -68,7 +68,9 @@ def test_client_errors_fail_at_once(hub: HubProcess, hive: FakeHive, evolution: 
 def test_sigkill_after_200_acks_loses_nothing_and_sends_once(
     hub_factory: HubFactory, hive: FakeHive, evolution: FakeEvolution
 ) -> None:
-    hub = hub_factory()
+    # A short lease: on PostgreSQL the restarted hub takes over the dead one's jobs when their
+    # leases expire (SQLite's single owner releases them at once).
+    hub = hub_factory(OMNI_LEASE_SECONDS="2")
     tenant = setup_tenant(hub)
     hive.set_latency(3.0)  # the crash lands while many agent calls are in flight
     ids = []

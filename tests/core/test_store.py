@@ -1,4 +1,4 @@
-"""The SQLite store: dedup, lanes (per-chat order), leases, group commit, dead-job retry."""
+"""The stores (SQLite and PostgreSQL): dedup, lanes (per-chat order), leases, batching, dead-job retry."""
 
 from __future__ import annotations
 
@@ -13,18 +13,44 @@ from omni_core.entities import Instance, Tenant
 from omni_core.ids import new_id
 from omni_core.model import Chat, Content, Message, Sender, iso, utcnow
 from omni_core.pipeline import lane_for
-from omni_core.store.base import HistoryQuery, NewJob
+from omni_core.store.base import HistoryQuery, NewJob, Store
+from omni_core.store.postgres import PostgresStore
 from omni_core.store.sqlite import SqliteStore, StoreLockedError
+from tests.pg import acreate_database, adrop_database
 
 NOW = "2026-01-01T00:00:00.000Z"
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(str(tmp_path / "hub.db"))
-    await s.open()
+async def _seed(s: Store) -> None:
     await s.create_tenant(Tenant(id="t1", name="T1", webhook_secret="s1", created_at=NOW, updated_at=NOW), "h1")
     await s.create_tenant(Tenant(id="t2", name="T2", webhook_secret="s2", created_at=NOW, updated_at=NOW), "h2")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        s: Store = SqliteStore(str(tmp_path / "hub.db"))
+        await s.open()
+        await _seed(s)
+        yield s
+        await s.close()
+        return
+    url = await acreate_database()
+    s = PostgresStore(url, pool_size=5)
+    try:
+        await s.open()
+        await _seed(s)
+        yield s
+        await s.close()
+    finally:
+        await adrop_database(url)
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(str(tmp_path / "hub.db"))
+    await s.open()
+    await _seed(s)
     yield s
     await s.close()
 
@@ -55,7 +81,7 @@ def job_for(m: Message, run_at: float | None = None) -> NewJob:
     )
 
 
-async def test_dedup_on_external_id_is_per_tenant(store: SqliteStore) -> None:
+async def test_dedup_on_external_id_is_per_tenant(store: Store) -> None:
     a = await store.insert_message(msg(external_id="X"), None, NOW)
     b = await store.insert_message(msg(external_id="X"), None, NOW)
     c = await store.insert_message(msg(tenant="t2", external_id="X"), None, NOW)
@@ -63,7 +89,7 @@ async def test_dedup_on_external_id_is_per_tenant(store: SqliteStore) -> None:
     assert c.accepted and c.id != a.id
 
 
-async def test_duplicate_enqueues_no_second_job(store: SqliteStore) -> None:
+async def test_duplicate_enqueues_no_second_job(store: Store) -> None:
     first = msg(external_id="E1")
     await store.insert_message(first, job_for(first), NOW)
     again = msg(external_id="E1")
@@ -73,7 +99,7 @@ async def test_duplicate_enqueues_no_second_job(store: SqliteStore) -> None:
     assert [j.message_id for j in claimed] == [first.id]
 
 
-async def test_only_the_head_of_a_lane_is_claimable(store: SqliteStore) -> None:
+async def test_only_the_head_of_a_lane_is_claimable(store: Store) -> None:
     chat_a = [msg(chat="a") for _ in range(3)]
     chat_b = [msg(chat="b") for _ in range(2)]
     for m in [*chat_a, *chat_b]:
@@ -87,7 +113,7 @@ async def test_only_the_head_of_a_lane_is_claimable(store: SqliteStore) -> None:
     assert [j.message_id for j in nxt] == [chat_a[1].id]
 
 
-async def test_a_lane_waits_for_its_head_in_backoff(store: SqliteStore) -> None:
+async def test_a_lane_waits_for_its_head_in_backoff(store: Store) -> None:
     m1, m2 = msg(chat="a"), msg(chat="a")
     await store.insert_message(m1, job_for(m1), NOW)
     await store.insert_message(m2, job_for(m2), NOW)
@@ -97,7 +123,7 @@ async def test_a_lane_waits_for_its_head_in_backoff(store: SqliteStore) -> None:
     assert await store.claim_jobs("w", 10, time.time(), 30) == []
 
 
-async def test_expired_lease_is_claimable_again(store: SqliteStore) -> None:
+async def test_expired_lease_is_claimable_again(store: Store) -> None:
     m = msg()
     await store.insert_message(m, job_for(m), NOW)
     [j] = await store.claim_jobs("dead-worker", 10, time.time(), 0.01)
@@ -109,7 +135,9 @@ async def test_expired_lease_is_claimable_again(store: SqliteStore) -> None:
     assert await store.finish_route(again, "forwarded", [], NOW)
 
 
-async def test_recover_leases_releases_other_owners(store: SqliteStore) -> None:
+async def test_recover_leases_releases_other_owners(sqlite_store: SqliteStore) -> None:
+    # Only the single-owner SQLite store may release leases at start-up; PostgreSQL waits for expiry.
+    store = sqlite_store
     m = msg()
     await store.insert_message(m, job_for(m), NOW)
     await store.claim_jobs("oldhost:1:abc", 10, time.time(), 300)
@@ -117,7 +145,7 @@ async def test_recover_leases_releases_other_owners(store: SqliteStore) -> None:
     assert len(await store.claim_jobs("newhost:2:x", 10, time.time(), 30)) == 1
 
 
-async def test_bury_and_requeue_goes_to_back_of_lane(store: SqliteStore) -> None:
+async def test_bury_and_requeue_goes_to_back_of_lane(store: Store) -> None:
     m1, m2 = msg(chat="a"), msg(chat="a")
     await store.insert_message(m1, job_for(m1), NOW)
     [j1] = await store.claim_jobs("w", 10, time.time(), 30)
@@ -134,7 +162,7 @@ async def test_bury_and_requeue_goes_to_back_of_lane(store: SqliteStore) -> None
     assert await store.requeue_dead(j1.id, time.time(), NOW) is None  # not dead any more
 
 
-async def test_group_commit_isolates_a_failing_write(store: SqliteStore) -> None:
+async def test_group_commit_isolates_a_failing_write(store: Store) -> None:
     good = [msg(external_id=f"g{i}") for i in range(20)]
     orphan = msg()
     bad_job = job_for(orphan)
@@ -152,7 +180,7 @@ async def test_group_commit_isolates_a_failing_write(store: SqliteStore) -> None
     assert await store.get_message(orphan.id) is None
 
 
-async def test_status_never_goes_backwards(store: SqliteStore) -> None:
+async def test_status_never_goes_backwards(store: Store) -> None:
     m = msg(external_id="OUT1")
     m.direction = "outbound"
     await store.insert_message(m, None, NOW)
@@ -163,7 +191,7 @@ async def test_status_never_goes_backwards(store: SqliteStore) -> None:
     assert await store.apply_status("t2", "i1", "OUT1", "read", NOW) is None
 
 
-async def test_history_pages_newest_first(store: SqliteStore) -> None:
+async def test_history_pages_newest_first(store: Store) -> None:
     ids = []
     for i in range(7):
         m = msg(text=str(i))
@@ -178,7 +206,7 @@ async def test_history_pages_newest_first(store: SqliteStore) -> None:
     assert (await store.history(HistoryQuery(tenant="t2"))).messages == []
 
 
-async def test_finish_deliver_folds_in_an_early_echo(store: SqliteStore) -> None:
+async def test_finish_deliver_folds_in_an_early_echo(store: Store) -> None:
     out = msg(chat="a")
     out.direction = "outbound"
     await store.insert_message(out, NewJob(id=new_id("job"), kind="deliver", lane="d", max_attempts=3, run_at=0), NOW)
@@ -192,13 +220,13 @@ async def test_finish_deliver_folds_in_an_early_echo(store: SqliteStore) -> None
     assert got is not None and got.external_id == "WA1" and got.status == "sent"
 
 
-async def test_second_process_cannot_open_the_same_file(tmp_path: Path, store: SqliteStore) -> None:
-    other = SqliteStore(store.path)
+async def test_second_process_cannot_open_the_same_file(sqlite_store: SqliteStore) -> None:
+    other = SqliteStore(sqlite_store.path)
     with pytest.raises(StoreLockedError):
         await other.open()
 
 
-async def test_delete_tenant_removes_its_data(store: SqliteStore) -> None:
+async def test_delete_tenant_removes_its_data(store: Store) -> None:
     m = msg()
     await store.insert_message(m, job_for(m), NOW)
     await store.create_instance(
@@ -208,3 +236,15 @@ async def test_delete_tenant_removes_its_data(store: SqliteStore) -> None:
     assert await store.get_message(m.id) is None
     assert await store.get_instance("ins_1") is None
     assert await store.claim_jobs("w", 10, time.time(), 30) == []
+
+
+async def test_claim_keeps_each_tenant_within_its_share(store: Store) -> None:
+    # Tenant t1 has 6 chats waiting and t2 has 2; with a share of 3, t1 gets 3 and t2 both.
+    t1 = [msg(tenant="t1", chat=f"a{i}") for i in range(6)]
+    t2 = [msg(tenant="t2", chat=f"b{i}") for i in range(2)]
+    for m in [*t1, *t2]:
+        await store.insert_message(m, job_for(m), NOW)
+    claimed = await store.claim_jobs("w", 10, time.time(), 30, busy={}, tenant_cap=3)
+    assert sorted(j.tenant for j in claimed) == ["t1", "t1", "t1", "t2", "t2"]
+    # With t1 already running 3 here, it gets nothing more until one finishes.
+    assert await store.claim_jobs("w", 10, time.time(), 30, busy={"t1": 3, "t2": 2}, tenant_cap=3) == []

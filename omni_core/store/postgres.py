@@ -1,0 +1,732 @@
+"""PostgreSQL store (asyncpg, a connection pool) for one or many hub replicas on one database.
+
+What makes it safe to share:
+
+* migrations run under an advisory lock, so replicas starting together do not race;
+* claiming locks candidate jobs with ``FOR UPDATE SKIP LOCKED`` and takes only lane heads, so
+  two replicas never run two jobs of one chat, nor out of order;
+* deduplication is the unique index on (tenant, instance, external_id), which serializes
+  concurrent inserts of the same webhook across replicas;
+* ``LISTEN omni_jobs`` wakes every replica within milliseconds of an insert (trigger), and
+  ``LISTEN omni_cache`` drops cached tenants/instances another replica changed; a short TTL
+  covers a lost listener connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+import structlog
+
+from omni_core.entities import Instance, Tenant
+from omni_core.model import STATUS_RANK, Message, MessageChange, MessageStatus, apply_change, iso
+from omni_core.store.base import (
+    CLAIM_WINDOW,
+    HistoryPage,
+    HistoryQuery,
+    InsertOutcome,
+    Job,
+    NewJob,
+    Store,
+    TraceRecord,
+    pick_within_share,
+    tenants_at_cap,
+)
+from omni_core.store.rows import (
+    INSTANCE_COLUMNS,
+    JOB_COLUMNS,
+    JOB_COLUMNS_J,
+    TENANT_COLUMNS,
+    instance_from_row,
+    instance_row,
+    job_from_row,
+    json_encode,
+    message_from_row,
+    message_row,
+    tenant_from_row,
+)
+from omni_core.store.sqlite import migrations
+
+log = structlog.get_logger("omni.store")
+
+#: Arbitrary constant key for the migration advisory lock ("omni" in ASCII).
+MIGRATION_LOCK = 0x6F6D6E69
+CACHE_TTL_S = 30.0
+
+INSERT_MESSAGE_PG = (
+    "INSERT INTO messages (id, tenant_id, instance, source, direction, external_id, chat_id, status,"
+    " timestamp, created_at, updated_at, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+)
+INSERT_JOB_PG = (
+    "INSERT INTO jobs (id, tenant_id, kind, lane, message_id, status, attempts, max_attempts, run_at, payload,"
+    " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, $8, $9, $9)"
+)
+
+
+def _job_args(job: NewJob, tenant: str, message_id: str, now: str) -> tuple[Any, ...]:
+    return (
+        job.id,
+        tenant,
+        job.kind,
+        job.lane,
+        message_id,
+        job.max_attempts,
+        job.run_at,
+        json_encode(job.payload).decode(),
+        now,
+    )
+
+
+class PostgresStore(Store):
+    def __init__(self, dsn: str, *, pool_size: int = 20) -> None:
+        self.dsn = dsn
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._listener_task: asyncio.Task[None] | None = None
+        self._job_callbacks: list[Callable[[], None]] = []
+        self._tenant_cache: dict[str, tuple[float, Tenant]] = {}
+        self._instance_cache: dict[tuple[str, str], tuple[float, Instance]] = {}
+        self._channel_cache: dict[str, tuple[float, list[Instance]]] = {}
+        self._key_cache: dict[str, str] = {}
+        self._cache_generation = 0
+        self.applied_migrations: list[str] = []
+        self._closing = False
+
+    # --- life -----------------------------------------------------------------------------------
+    async def open(self) -> None:
+        self._closing = False
+        self._pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=self.pool_size, command_timeout=60)
+        try:
+            self.applied_migrations = await self.migrate()
+            await self._listen()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations under an advisory lock (replicas may start together)."""
+        pool = self._require_pool()
+        applied: list[str] = []
+        async with pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+            try:
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                    " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+                )
+                done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+                for version, name, sql in migrations("postgres"):
+                    if version in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(sql)
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                        )
+                    applied.append(name)
+                    log.info("migration_applied", migration=name)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+        return applied
+
+    async def _listen(self) -> None:
+        self._listener = await asyncpg.connect(self.dsn)
+        await self._listener.add_listener("omni_jobs", self._on_jobs)
+        await self._listener.add_listener("omni_cache", self._on_cache)
+        self._listener_task = asyncio.create_task(self._watch_listener(), name="omni-pg-listener")
+
+    async def _watch_listener(self) -> None:
+        """Reconnect the LISTEN connection if it drops; caches are dropped meanwhile (missed notices)."""
+        while not self._closing:
+            await asyncio.sleep(1.0)
+            if self._listener is not None and not self._listener.is_closed():
+                continue
+            self._invalidate()
+            try:
+                await self._listen_once()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("listener_reconnect_failed", error=repr(exc))
+
+    async def _listen_once(self) -> None:
+        self._listener = await asyncpg.connect(self.dsn)
+        await self._listener.add_listener("omni_jobs", self._on_jobs)
+        await self._listener.add_listener("omni_cache", self._on_cache)
+        for callback in self._job_callbacks:
+            callback()
+
+    def _on_jobs(self, *_: Any) -> None:
+        for callback in self._job_callbacks:
+            callback()
+
+    def _on_cache(self, *_: Any) -> None:
+        self._invalidate()
+
+    def subscribe_jobs(self, callback: Callable[[], None]) -> None:
+        self._job_callbacks.append(callback)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._listener_task is not None:
+            self._listener_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener_task
+            self._listener_task = None
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def _require_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("store is closed")
+        return self._pool
+
+    async def ping(self) -> None:
+        await self._require_pool().fetchval("SELECT 1")
+
+    async def schema_version(self) -> int:
+        return int(await self._require_pool().fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))
+
+    # --- caches ---------------------------------------------------------------------------------
+    def _invalidate(self) -> None:
+        self._cache_generation += 1
+        self._tenant_cache.clear()
+        self._instance_cache.clear()
+        self._channel_cache.clear()
+        self._key_cache.clear()
+
+    @staticmethod
+    def _fresh(entry: tuple[float, Any] | None) -> Any:
+        if entry is None or time.monotonic() - entry[0] > CACHE_TTL_S:
+            return None
+        return entry[1]
+
+    # --- tenants --------------------------------------------------------------------------------
+    async def create_tenant(self, tenant: Tenant, api_key_hash: str) -> bool:
+        status = await self._require_pool().execute(
+            "INSERT INTO tenants (id, name, config, api_key_hash, webhook_secret, created_at, updated_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+            tenant.id,
+            tenant.name,
+            json_encode(tenant.config).decode(),
+            api_key_hash,
+            tenant.webhook_secret,
+            tenant.created_at,
+            tenant.updated_at,
+        )
+        self._invalidate()
+        return bool(status.endswith(" 1"))
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        cached: Tenant | None = self._fresh(self._tenant_cache.get(tenant_id))
+        if cached is None:
+            generation = self._cache_generation
+            row = await self._require_pool().fetchrow(f"SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1", tenant_id)
+            if row is None:
+                return None
+            cached = tenant_from_row(row)
+            if generation == self._cache_generation:
+                self._tenant_cache[tenant_id] = (time.monotonic(), cached)
+        return msgspec.structs.replace(cached)
+
+    async def tenant_by_key_hash(self, api_key_hash: str) -> Tenant | None:
+        tenant_id = self._key_cache.get(api_key_hash)
+        if tenant_id is None:
+            tenant_id = await self._require_pool().fetchval(
+                "SELECT id FROM tenants WHERE api_key_hash = $1", api_key_hash
+            )
+            if tenant_id is None:
+                return None
+            self._key_cache[api_key_hash] = tenant_id
+        return await self.get_tenant(tenant_id)
+
+    async def list_tenants(self) -> list[Tenant]:
+        rows = await self._require_pool().fetch(f"SELECT {TENANT_COLUMNS} FROM tenants ORDER BY id")
+        return [tenant_from_row(r) for r in rows]
+
+    async def update_tenant(self, tenant: Tenant) -> None:
+        self._invalidate()
+        await self._require_pool().execute(
+            "UPDATE tenants SET name = $1, config = $2, updated_at = $3 WHERE id = $4",
+            tenant.name,
+            json_encode(tenant.config).decode(),
+            tenant.updated_at,
+            tenant.id,
+        )
+        self._invalidate()
+
+    async def delete_tenant(self, tenant_id: str) -> bool:
+        async with self._require_pool().acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM jobs WHERE tenant_id = $1", tenant_id)
+            await conn.execute("DELETE FROM messages WHERE tenant_id = $1", tenant_id)
+            await conn.execute("DELETE FROM traces WHERE tenant_id = $1", tenant_id)
+            status = await conn.execute("DELETE FROM tenants WHERE id = $1", tenant_id)
+        self._invalidate()
+        return bool(status.endswith(" 1"))
+
+    # --- instances ------------------------------------------------------------------------------
+    async def create_instance(self, instance: Instance) -> bool:
+        self._invalidate()
+        status = await self._require_pool().execute(
+            f"INSERT INTO instances ({INSTANCE_COLUMNS})"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING",
+            *_text_row(instance_row(instance)),
+        )
+        self._invalidate()
+        return bool(status.endswith(" 1"))
+
+    async def get_instance(self, instance_id: str) -> Instance | None:
+        row = await self._require_pool().fetchrow(
+            f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1", instance_id
+        )
+        return instance_from_row(row) if row else None
+
+    async def get_instance_by_name(self, channel: str, name: str) -> Instance | None:
+        cached: Instance | None = self._fresh(self._instance_cache.get((channel, name)))
+        if cached is None:
+            generation = self._cache_generation
+            row = await self._require_pool().fetchrow(
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE channel = $1 AND name = $2", channel, name
+            )
+            if row is None:
+                return None
+            cached = instance_from_row(row)
+            if generation == self._cache_generation:
+                self._instance_cache[(channel, name)] = (time.monotonic(), cached)
+        return msgspec.structs.replace(cached)
+
+    async def find_instance(self, tenant: str | None, ref: str) -> Instance | None:
+        if tenant is None:
+            row = await self._require_pool().fetchrow(
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1 OR name = $1 ORDER BY id = $1 DESC LIMIT 1",
+                ref,
+            )
+        else:
+            row = await self._require_pool().fetchrow(
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE (id = $1 OR name = $1) AND tenant_id = $2"
+                " ORDER BY id = $1 DESC LIMIT 1",
+                ref,
+                tenant,
+            )
+        return instance_from_row(row) if row else None
+
+    async def list_instances(self, tenant: str | None) -> list[Instance]:
+        pool = self._require_pool()
+        if tenant is None:
+            rows = await pool.fetch(f"SELECT {INSTANCE_COLUMNS} FROM instances ORDER BY tenant_id, name")
+        else:
+            rows = await pool.fetch(
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE tenant_id = $1 ORDER BY name", tenant
+            )
+        return [instance_from_row(r) for r in rows]
+
+    async def channel_instances(self, channel: str) -> list[Instance]:
+        cached: list[Instance] | None = self._fresh(self._channel_cache.get(channel))
+        if cached is None:
+            generation = self._cache_generation
+            rows = await self._require_pool().fetch(
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE channel = $1 ORDER BY id", channel
+            )
+            cached = [instance_from_row(r) for r in rows]
+            if generation == self._cache_generation:
+                self._channel_cache[channel] = (time.monotonic(), cached)
+        return [msgspec.structs.replace(i) for i in cached]
+
+    async def update_instance(self, instance: Instance) -> None:
+        row = _text_row(instance_row(instance))
+        self._invalidate()
+        await self._require_pool().execute(
+            "UPDATE instances SET config = $1, state = $2, state_reason = $3, qrcode_base64 = $4, qrcode_code = $5,"
+            " pairing_code = $6, profile = $7, updated_at = $8 WHERE id = $9",
+            *row[4:11],
+            row[12],
+            row[0],
+        )
+        self._invalidate()
+
+    async def delete_instance(self, instance_id: str) -> bool:
+        status = await self._require_pool().execute("DELETE FROM instances WHERE id = $1", instance_id)
+        self._invalidate()
+        return bool(status.endswith(" 1"))
+
+    # --- messages -------------------------------------------------------------------------------
+    async def insert_message(self, message: Message, job: NewJob | None, now: str) -> InsertOutcome:
+        row = message_row(message, now)
+        async with self._require_pool().acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(INSERT_MESSAGE_PG + " ON CONFLICT DO NOTHING RETURNING id", *row)
+            if inserted is None:
+                existing = await conn.fetchval(
+                    "SELECT id FROM messages WHERE tenant_id = $1 AND instance = $2 AND external_id = $3",
+                    message.tenant,
+                    message.instance,
+                    message.external_id,
+                )
+                if existing is None:
+                    raise RuntimeError(f"message {message.id} could not be stored")
+                return InsertOutcome(accepted=False, id=existing)
+            if job is not None:
+                await conn.execute(INSERT_JOB_PG, *_job_args(job, message.tenant, message.id, now))
+        return InsertOutcome(accepted=True, id=message.id)
+
+    async def get_message(self, message_id: str) -> Message | None:
+        row = await self._require_pool().fetchrow(
+            "SELECT body, status, external_id FROM messages WHERE id = $1", message_id
+        )
+        return message_from_row(row[0], row[1], row[2]) if row else None
+
+    async def recent_messages(self, tenant: str, instance: str, chat_id: str, limit: int) -> list[Message]:
+        rows = await self._require_pool().fetch(
+            "SELECT body, status, external_id FROM messages WHERE tenant_id = $1 AND instance = $2 AND chat_id = $3"
+            " ORDER BY id DESC LIMIT $4",
+            tenant,
+            instance,
+            chat_id,
+            limit,
+        )
+        return [message_from_row(r[0], r[1], r[2]) for r in reversed(rows)]
+
+    async def history(self, query: HistoryQuery) -> HistoryPage:
+        clauses = ["tenant_id = $1"]
+        params: list[Any] = [query.tenant]
+        for column, op, value in (
+            ("instance", "=", query.instance),
+            ("chat_id", "=", query.chat_id),
+            ("direction", "=", query.direction),
+            ("timestamp", ">=", query.since),
+            ("timestamp", "<", query.until),
+            ("id", "<", query.before_id),
+        ):
+            if value is not None:
+                params.append(value)
+                clauses.append(f"{column} {op} ${len(params)}")
+        params.append(query.limit + 1)
+        rows = await self._require_pool().fetch(
+            "SELECT body, status, external_id, id FROM messages WHERE "
+            + " AND ".join(clauses)
+            + f" ORDER BY id DESC LIMIT ${len(params)}",
+            *params,
+        )
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        return HistoryPage(
+            messages=[message_from_row(r[0], r[1], r[2]) for r in rows],
+            next_before_id=rows[-1][3] if more and rows else None,
+        )
+
+    async def apply_status(
+        self, tenant: str, instance: str, external_id: str, status: MessageStatus, now: str
+    ) -> str | None:
+        async with self._require_pool().acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT id, status FROM messages WHERE tenant_id = $1 AND instance = $2 AND external_id = $3"
+                " FOR UPDATE",
+                tenant,
+                instance,
+                external_id,
+            )
+            if row is None:
+                return None
+            message_id, current = row[0], row[1]
+            if STATUS_RANK.get(status, 0) > STATUS_RANK.get(current, 0) or (status == "failed" and current == "sent"):
+                await conn.execute(
+                    "UPDATE messages SET status = $1, updated_at = $2 WHERE id = $3", status, now, message_id
+                )
+            return str(message_id)
+
+    async def record_change(self, tenant: str, instance: str, change: MessageChange, now: str) -> str | None:
+        async with self._require_pool().acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT id, body, status, external_id FROM messages"
+                " WHERE tenant_id = $1 AND instance = $2 AND external_id = $3 FOR UPDATE",
+                tenant,
+                instance,
+                change.external_id,
+            )
+            if row is None:
+                return None
+            message = message_from_row(row[1], row[2], row[3])
+            apply_change(message, change)
+            await conn.execute(
+                "UPDATE messages SET body = $1, updated_at = $2 WHERE id = $3", json_encode(message), now, row[0]
+            )
+            return str(row[0])
+
+    # --- jobs -----------------------------------------------------------------------------------
+    async def claim_jobs(
+        self,
+        owner: str,
+        limit: int,
+        now: float,
+        lease_seconds: float,
+        busy: Mapping[str, int] | None = None,
+        tenant_cap: int | None = None,
+    ) -> list[Job]:
+        excluded = tenants_at_cap(busy, tenant_cap)
+        until = now + lease_seconds
+        stamp = iso(datetime.fromtimestamp(now, UTC))
+        async with self._require_pool().acquire() as conn, conn.transaction():
+            # Only lane heads; rows another replica is claiming right now are skipped, not waited for.
+            rows = await conn.fetch(
+                f"SELECT {JOB_COLUMNS_J} FROM jobs j WHERE j.status = 'running' AND j.lease_until < $1"
+                " AND NOT (j.tenant_id = ANY($2::text[])) ORDER BY j.seq LIMIT $3 FOR UPDATE SKIP LOCKED",
+                now,
+                excluded,
+                limit,
+            )
+            if len(rows) < limit:
+                rows += await conn.fetch(
+                    f"SELECT {JOB_COLUMNS_J} FROM jobs j WHERE j.status = 'queued' AND j.run_at <= $1"
+                    " AND NOT (j.tenant_id = ANY($2::text[]))"
+                    " AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.lane = j.lane AND p.seq < j.seq"
+                    " AND p.status IN ('queued', 'running'))"
+                    " ORDER BY j.seq LIMIT $3 FOR UPDATE SKIP LOCKED",
+                    now,
+                    excluded,
+                    (limit - len(rows)) * CLAIM_WINDOW,
+                )
+            jobs = pick_within_share([job_from_row(r) for r in rows], limit, busy, tenant_cap)
+            if not jobs:
+                return []
+            await conn.execute(
+                "UPDATE jobs SET status = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1,"
+                " updated_at = $3 WHERE seq = ANY($4::bigint[])",
+                owner,
+                until,
+                stamp,
+                [j.seq for j in jobs],
+            )
+            message_ids = [j.message_id for j in jobs if j.message_id is not None]
+            if message_ids:
+                await conn.execute(
+                    "UPDATE messages SET status = 'processing', updated_at = $1 WHERE id = ANY($2::text[])",
+                    stamp,
+                    message_ids,
+                )
+        for job in jobs:
+            job.status, job.lease_owner, job.lease_until = "running", owner, until
+            job.attempts += 1
+        return jobs
+
+    async def extend_leases(self, owner: str, job_ids: Sequence[str], until: float) -> int:
+        if not job_ids:
+            return 0
+        status = await self._require_pool().execute(
+            "UPDATE jobs SET lease_until = $1 WHERE lease_owner = $2 AND status = 'running' AND id = ANY($3::text[])",
+            until,
+            owner,
+            list(job_ids),
+        )
+        return int(status.split()[-1])
+
+    async def finish_route(
+        self, job: Job, message_status: MessageStatus, replies: Sequence[tuple[Message, NewJob]], now: str
+    ) -> bool:
+        async with self._require_pool().acquire() as conn, conn.transaction():
+            if not await _close_job(conn, job, "done", None, now):
+                return False
+            if job.message_id is not None:
+                await conn.execute(
+                    "UPDATE messages SET status = $1, error = NULL, updated_at = $2 WHERE id = $3",
+                    message_status,
+                    now,
+                    job.message_id,
+                )
+            for message, new_job in replies:
+                await conn.execute(INSERT_MESSAGE_PG, *message_row(message, now))
+                await conn.execute(INSERT_JOB_PG, *_job_args(new_job, message.tenant, message.id, now))
+        return True
+
+    async def finish_deliver(self, job: Job, external_id: str | None, status: MessageStatus, now: str) -> bool:
+        async with self._require_pool().acquire() as conn, conn.transaction():
+            if not await _close_job(conn, job, "done", None, now):
+                return False
+            if job.message_id is None:
+                return True
+            new_status = status
+            if external_id is not None:
+                # The platform may have echoed our send back as a webhook before we got here;
+                # that row is this same message: fold it in.
+                echo = await conn.fetchrow(
+                    "SELECT m.id, m.status FROM messages m JOIN messages o ON o.id = $1"
+                    " WHERE m.tenant_id = o.tenant_id AND m.instance = o.instance AND m.external_id = $2"
+                    " AND m.id != o.id",
+                    job.message_id,
+                    external_id,
+                )
+                if echo is not None:
+                    await conn.execute("DELETE FROM messages WHERE id = $1", echo[0])
+                    if STATUS_RANK.get(echo[1], 0) > STATUS_RANK.get(status, 0):
+                        new_status = echo[1]
+            await conn.execute(
+                "UPDATE messages SET status = $1, external_id = COALESCE($2, external_id), error = NULL,"
+                " updated_at = $3 WHERE id = $4",
+                new_status,
+                external_id,
+                now,
+                job.message_id,
+            )
+        return True
+
+    async def retry_later(self, job: Job, error: str, run_at: float, now: str) -> bool:
+        status = await self._require_pool().execute(
+            "UPDATE jobs SET status = 'queued', run_at = $1, lease_owner = NULL, lease_until = NULL,"
+            " last_error = $2, updated_at = $3 WHERE id = $4 AND lease_owner = $5 AND status = 'running'",
+            run_at,
+            error,
+            now,
+            job.id,
+            job.lease_owner,
+        )
+        return bool(status.endswith(" 1"))
+
+    async def bury(self, job: Job, error: str, message_status: MessageStatus, now: str) -> bool:
+        async with self._require_pool().acquire() as conn, conn.transaction():
+            if not await _close_job(conn, job, "dead", error, now):
+                return False
+            if job.message_id is not None:
+                await conn.execute(
+                    "UPDATE messages SET status = $1, error = $2, updated_at = $3 WHERE id = $4",
+                    message_status,
+                    error,
+                    now,
+                    job.message_id,
+                )
+        return True
+
+    async def requeue_dead(self, job_id: str, now_epoch: float, now: str) -> Job | None:
+        async with self._require_pool().acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+            if row is None or row[6] != "dead":
+                return None
+            # Back of its lane (new seq): it cannot jump ahead of messages that arrived meanwhile.
+            await conn.execute("DELETE FROM jobs WHERE id = $1", job_id)
+            await conn.execute(
+                "INSERT INTO jobs (id, tenant_id, kind, lane, message_id, status, attempts, max_attempts, run_at,"
+                " last_error, payload, created_at, updated_at)"
+                " VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, $8, $9, $10, $11)",
+                row[0],
+                row[2],
+                row[3],
+                row[4],
+                row[5],
+                row[8],
+                now_epoch,
+                row[12],
+                row[13],
+                row[14],
+                now,
+            )
+            if row[5] is not None:
+                await conn.execute(
+                    "UPDATE messages SET status = 'queued', error = NULL, updated_at = $1 WHERE id = $2", now, row[5]
+                )
+            fresh = await conn.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
+        return job_from_row(fresh) if fresh else None
+
+    async def get_job(self, job_id: str) -> Job | None:
+        row = await self._require_pool().fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
+        return job_from_row(row) if row else None
+
+    async def jobs_for_message(self, message_id: str) -> list[Job]:
+        rows = await self._require_pool().fetch(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE message_id = $1 ORDER BY seq", message_id
+        )
+        return [job_from_row(r) for r in rows]
+
+    async def queue_stats(self, now: float) -> dict[str, Any]:
+        rows = await self._require_pool().fetch(
+            "SELECT status, COUNT(*), MIN(created_at) FROM jobs WHERE status IN ('queued', 'running', 'dead')"
+            " GROUP BY status"
+        )
+        stats: dict[str, Any] = {"queued": 0, "running": 0, "dead": 0, "oldest_created_at": None}
+        oldest: list[str] = []
+        for status, count, first in rows:
+            stats[status] = count
+            if status in ("queued", "running") and first:
+                oldest.append(first)
+        stats["oldest_created_at"] = min(oldest) if oldest else None
+        return stats
+
+    async def next_due(self) -> float | None:
+        value = await self._require_pool().fetchval("SELECT MIN(run_at) FROM jobs WHERE status = 'queued'")
+        return float(value) if value is not None else None
+
+    async def recover_leases(self, owner_prefix_alive: str | None) -> int:
+        # Other replicas may be alive: a lease is only taken over once it has expired (claim_jobs).
+        return 0
+
+    # --- traces ---------------------------------------------------------------------------------
+    async def add_traces(self, records: Sequence[TraceRecord]) -> None:
+        if not records:
+            return
+        await self._require_pool().executemany(
+            "INSERT INTO traces (tenant_id, message_id, job_id, stage, plugin, attempt, at, duration_ms, outcome,"
+            " status_code, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            [
+                (
+                    r.tenant,
+                    r.message_id,
+                    r.job_id,
+                    r.stage,
+                    r.plugin,
+                    r.attempt,
+                    r.at,
+                    r.duration_ms,
+                    r.outcome,
+                    r.status_code,
+                    r.error,
+                )
+                for r in records
+            ],
+        )
+
+    async def traces_for_message(self, message_id: str) -> list[TraceRecord]:
+        rows = await self._require_pool().fetch(
+            "SELECT tenant_id, message_id, job_id, stage, plugin, attempt, at, duration_ms, outcome, status_code, error"
+            " FROM traces WHERE message_id = $1 ORDER BY id",
+            message_id,
+        )
+        return [
+            TraceRecord(
+                tenant=r[0],
+                message_id=r[1],
+                job_id=r[2],
+                stage=r[3],
+                plugin=r[4],
+                attempt=r[5],
+                at=r[6],
+                duration_ms=r[7],
+                outcome=r[8],
+                status_code=r[9],
+                error=r[10],
+            )
+            for r in rows
+        ]
+
+
+async def _close_job(conn: asyncpg.Connection, job: Job, status: str, error: str | None, now: str) -> bool:
+    result = await conn.execute(
+        "UPDATE jobs SET status = $1, last_error = COALESCE($2, last_error), lease_owner = NULL, lease_until = NULL,"
+        " updated_at = $3 WHERE id = $4 AND lease_owner = $5 AND status = 'running'",
+        status,
+        error,
+        now,
+        job.id,
+        job.lease_owner,
+    )
+    return bool(result.endswith(" 1"))
+
+
+def _text_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """JSON columns are TEXT in PostgreSQL: bytes from the shared row builders become str."""
+    return tuple(v.decode() if isinstance(v, bytes) else v for v in row)

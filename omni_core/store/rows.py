@@ -1,0 +1,134 @@
+"""Row <-> entity conversion shared by the store dialects (same columns in SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from omni_core.entities import Instance, Tenant
+from omni_core.model import Message
+from omni_core.store.base import Job
+
+json_encode = msgspec.json.Encoder().encode
+_message_decoder = msgspec.json.Decoder(Message)
+_dict_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def decode_dict(raw: str | bytes) -> dict[str, Any]:
+    return _dict_decoder.decode(raw)
+
+
+JOB_COLUMNS = (
+    "id, seq, tenant_id, kind, lane, message_id, status, attempts, max_attempts, run_at, "
+    "lease_owner, lease_until, last_error, payload, created_at, updated_at"
+)
+
+
+JOB_COLUMNS_J = ", ".join("j." + c.strip() for c in JOB_COLUMNS.split(","))
+
+
+def job_from_row(row: Sequence[Any]) -> Job:
+    return Job(
+        id=row[0],
+        seq=row[1],
+        tenant=row[2],
+        kind=row[3],
+        lane=row[4],
+        message_id=row[5],
+        status=row[6],
+        attempts=row[7],
+        max_attempts=row[8],
+        run_at=row[9],
+        lease_owner=row[10],
+        lease_until=row[11],
+        last_error=row[12],
+        payload=decode_dict(row[13]),
+        created_at=row[14],
+        updated_at=row[15],
+    )
+
+
+def message_from_row(body: bytes, status: str, external_id: str | None) -> Message:
+    msg = _message_decoder.decode(body)
+    msg.status = status  # type: ignore[assignment]
+    msg.external_id = external_id
+    return msg
+
+
+def tenant_from_row(row: Sequence[Any]) -> Tenant:
+    return Tenant(
+        id=row[0],
+        name=row[1],
+        config=decode_dict(row[2]),
+        webhook_secret=row[3],
+        created_at=row[4],
+        updated_at=row[5],
+    )
+
+
+TENANT_COLUMNS = "id, name, config, webhook_secret, created_at, updated_at"
+INSTANCE_COLUMNS = (
+    "id, tenant_id, name, channel, config, state, state_reason, qrcode_base64, qrcode_code, pairing_code, "
+    "profile, created_at, updated_at"
+)
+
+
+def instance_from_row(row: Sequence[Any]) -> Instance:
+    return Instance(
+        id=row[0],
+        tenant=row[1],
+        name=row[2],
+        channel=row[3],
+        config=decode_dict(row[4]),
+        state=row[5],
+        state_reason=row[6],
+        qrcode_base64=row[7],
+        qrcode_code=row[8],
+        pairing_code=row[9],
+        profile=decode_dict(row[10]),
+        created_at=row[11],
+        updated_at=row[12],
+    )
+
+
+INSERT_MESSAGE = (
+    "INSERT INTO messages (id, tenant_id, instance, source, direction, external_id, chat_id, status,"
+    " timestamp, created_at, updated_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def message_row(message: Message, now: str) -> tuple[Any, ...]:
+    return (
+        message.id,
+        message.tenant,
+        message.instance,
+        message.source,
+        message.direction,
+        message.external_id,
+        message.chat.id,
+        message.status,
+        message.timestamp,
+        now,
+        now,
+        json_encode(message),
+    )
+
+
+def instance_row(i: Instance) -> tuple[Any, ...]:
+    return (
+        i.id,
+        i.tenant,
+        i.name,
+        i.channel,
+        json_encode(i.config),
+        i.state,
+        i.state_reason,
+        i.qrcode_base64,
+        i.qrcode_code,
+        i.pairing_code,
+        json_encode(i.profile),
+        i.created_at,
+        i.updated_at,
+    )
