@@ -14,7 +14,7 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 
-from omni_core.api import instances, messages, system, tenants
+from omni_core.api import instances, messages, system, tenants, webhooks
 from omni_core.api.common import (
     api_error_handler,
     http_error_handler,
@@ -50,8 +50,16 @@ CORE_ROUTES: list[Any] = [
     instances.get_qr,
     instances.delete_instance,
     messages.send_message,
+    messages.unified_message,
     messages.get_message,
     messages.history,
+    webhooks.create_webhook,
+    webhooks.list_webhooks,
+    webhooks.get_webhook,
+    webhooks.patch_webhook,
+    webhooks.delete_webhook,
+    webhooks.list_deliveries,
+    webhooks.replay_delivery,
 ]
 
 

@@ -44,6 +44,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     retry_max_seconds: float = 300.0
     lease_seconds: float = 30.0
     poll_interval_seconds: float = 0.5
+    #: Seconds between attempts of a tenant webhook delivery; one attempt more than entries.
+    webhook_retry_schedule: tuple[float, ...] = (5, 30, 120, 600, 1800, 7200, 21600)
+    webhook_timeout_seconds: float = 10.0
+    #: A webhook failing for this long (and still failing) is disabled.
+    webhook_disable_after_seconds: float = 5 * 24 * 3600
+    #: How long the previous secret stays valid after a rotation.
+    webhook_secret_overlap_seconds: float = 24 * 3600
+    #: Allow webhook URLs that resolve to private, loopback or link-local addresses.
+    webhook_allow_private: bool = False
     log_level: str = "info"
     log_format: str = "auto"
     #: Entry-point names of installed plugins not to load; ``("*",)`` loads none.
@@ -172,6 +181,22 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         kw["lease_seconds"] = _float("OMNI_LEASE_SECONDS", v, low=1, high=86400)
     if (v := get("OMNI_POLL_INTERVAL_SECONDS")) is not None:
         kw["poll_interval_seconds"] = _float("OMNI_POLL_INTERVAL_SECONDS", v, low=0.01, high=60)
+    if (v := get("OMNI_WEBHOOK_RETRY_SCHEDULE")) is not None:
+        try:
+            schedule = tuple(float(x) for x in v.split(",") if x.strip())
+        except ValueError:
+            raise ConfigError(f"OMNI_WEBHOOK_RETRY_SCHEDULE: expected seconds separated by commas, got {v!r}") from None
+        if not schedule or any(x <= 0 for x in schedule):
+            raise ConfigError("OMNI_WEBHOOK_RETRY_SCHEDULE: needs at least one positive number of seconds")
+        kw["webhook_retry_schedule"] = schedule
+    if (v := get("OMNI_WEBHOOK_TIMEOUT_SECONDS")) is not None:
+        kw["webhook_timeout_seconds"] = _float("OMNI_WEBHOOK_TIMEOUT_SECONDS", v, low=0.1, high=300)
+    if (v := get("OMNI_WEBHOOK_DISABLE_AFTER_SECONDS")) is not None:
+        kw["webhook_disable_after_seconds"] = _float("OMNI_WEBHOOK_DISABLE_AFTER_SECONDS", v, low=1, high=10**8)
+    if (v := get("OMNI_WEBHOOK_SECRET_OVERLAP_SECONDS")) is not None:
+        kw["webhook_secret_overlap_seconds"] = _float("OMNI_WEBHOOK_SECRET_OVERLAP_SECONDS", v, low=0, high=10**8)
+    if (v := get("OMNI_WEBHOOK_ALLOW_PRIVATE")) is not None:
+        kw["webhook_allow_private"] = _bool("OMNI_WEBHOOK_ALLOW_PRIVATE", v)
     if (v := get("OMNI_LOG_LEVEL")) is not None:
         if v.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"OMNI_LOG_LEVEL: expected debug, info, warning or error, got {v!r}")

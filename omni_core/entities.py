@@ -107,3 +107,45 @@ class Instance(msgspec.Struct, kw_only=True):
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
+
+
+class TenantWebhook(msgspec.Struct, kw_only=True):
+    """A tenant's subscription: events the hub POSTs, signed (Standard Webhooks), to ``url``."""
+
+    id: str
+    tenant: str
+    url: str
+    events: list[str]
+    secret: str
+    enabled: bool = True
+    description: str | None = None
+    secret_previous: str | None = None
+    previous_valid_until: float | None = None
+    failing_since: float | None = None
+    disabled_reason: str | None = None
+    created_at: str = ""
+    updated_at: str = ""
+
+    def secrets_in_use(self, now: float) -> list[str]:
+        """The current secret, plus the previous one while its rotation overlap lasts."""
+        if self.secret_previous and self.previous_valid_until and now < self.previous_valid_until:
+            return [self.secret, self.secret_previous]
+        return [self.secret]
+
+    def wants(self, event: str) -> bool:
+        return self.enabled and (event in self.events or "*" in self.events)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "url": self.url,
+            "events": self.events,
+            "enabled": self.enabled,
+            "description": self.description,
+            "disabled_reason": self.disabled_reason,
+            "failing_since": self.failing_since,
+            "rotation_overlap_until": self.previous_valid_until if self.secret_previous else None,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }

@@ -7,6 +7,8 @@ plugins raise from route/deliver/lifecycle calls so the queue knows whether to r
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class ApiError(Exception):
     """A client error with a stable machine-readable ``code`` and a human message."""
@@ -20,13 +22,26 @@ class ApiError(Exception):
 
 
 class ExternalError(Exception):
-    """A failed call to something outside the hub (agent backend, channel server)."""
+    """A failed call to something outside the hub (agent backend, channel server).
 
-    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None) -> None:
+    ``retry_after`` (seconds) says the peer asked us to slow down; ``scope`` says whether that
+    concerns the whole instance (account-wide throttling) or only the chat (per-chat limits,
+    e.g. WhatsApp Cloud's pair rate), so the hub pauses just that.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        scope: Literal["instance", "chat"] = "instance",
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         self.retry_after = retry_after
+        self.scope = scope
 
 
 class TransientError(ExternalError):

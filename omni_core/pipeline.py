@@ -8,7 +8,7 @@ durable queue (:mod:`omni_core.worker`), so a slow or dead peer never holds up a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -16,6 +16,13 @@ import structlog
 
 from omni_core.entities import Instance, Tenant, strip_secrets
 from omni_core.errors import ApiError, ExternalError, PermanentError, TransientError
+from omni_core.events import (
+    INSTANCE_STATUS,
+    JOB_DEAD,
+    delivery_jobs,
+    message_event_jobs,
+    status_event_jobs,
+)
 from omni_core.hub import IngestResult, RouteContext, session_id_for
 from omni_core.ids import new_id
 from omni_core.model import (
@@ -34,8 +41,12 @@ from omni_core.model import (
     iso,
     utcnow,
 )
+from omni_core.outbound import split_enabled, split_outbound
+from omni_core.pacing import MAX_RATE_LIMIT_DEFERRALS, Pacer, limits_for
+from omni_core.plugins import channels
 from omni_core.retry import RetryPolicy
 from omni_core.store.base import Job, NewJob, Store, TraceRecord
+from omni_core.webhook_delivery import WebhookSender
 
 if TYPE_CHECKING:
     import pluggy
@@ -46,6 +57,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("omni.pipeline")
 
 HISTORY_CONTEXT = 10
+#: The store update that completes a job once its outside call succeeded.
+Finish = Callable[[], Awaitable[bool]]
 
 
 def lane_for(kind: str, tenant: str, instance: str, chat_id: str) -> str:
@@ -116,6 +129,8 @@ class Pipeline:
         self.hub: Hub | None = None
         #: Called after a job is committed so the worker pool wakes at once instead of polling.
         self.on_enqueue: Callable[[], None] = lambda: None
+        self.webhooks = WebhookSender(self)
+        self.pacer = Pacer()
 
     # --- ingest ---------------------------------------------------------------------------------
     async def ingest(self, channel: str, tenant: Tenant, payload: Any, instance_name: str | None) -> IngestResult:
@@ -127,8 +142,8 @@ class Pipeline:
         if events is None:
             raise ApiError(404, "unknown_channel", f"no plugin normalizes channel {channel!r}")
         if instance is None and instance_name is not None and any(not isinstance(e, Ignored) for e in events):
-            instance = await self._register_instance(channel, tenant, instance_name)
-        results = [await self._store_event(channel, tenant, instance, event) for event in events]
+            instance = await self.register_instance(channel, tenant, instance_name)
+        results = [await self.store_event(channel, tenant, instance, event) for event in events]
         if not results:
             return IngestResult(status="ignored", reason="no events in payload")
         # A webhook carries one event in practice; when several, the first message decides the answer.
@@ -146,7 +161,7 @@ class Pipeline:
             raise ApiError(404, "unknown_instance", f"no {channel} instance named {name!r} for this tenant")
         return instance
 
-    async def _register_instance(self, channel: str, tenant: Tenant, name: str) -> Instance:
+    async def register_instance(self, channel: str, tenant: Tenant, name: str, state: str = "unknown") -> Instance:
         """An instance created on the channel's server outside the hub.
 
         The request carried the tenant's webhook secret, so it is the tenant's: register it so
@@ -158,7 +173,7 @@ class Pipeline:
             tenant=tenant.id,
             name=name,
             channel=channel,
-            state="unknown",
+            state=state,
             created_at=now,
             updated_at=now,
         )
@@ -170,7 +185,8 @@ class Pipeline:
         log.info("instance_registered_from_webhook", tenant=tenant.id, instance=name, channel=channel)
         return created
 
-    async def _store_event(self, channel: str, tenant: Tenant, instance: Instance | None, event: Any) -> IngestResult:
+    async def store_event(self, channel: str, tenant: Tenant, instance: Instance | None, event: Any) -> IngestResult:
+        """Store one normalized event (a message, status, instance update, change) with its jobs."""
         now = iso(utcnow())
         if isinstance(event, Message):
             if event.tenant != tenant.id:
@@ -187,14 +203,26 @@ class Pipeline:
                 )
             elif event.status in ("received", "queued", "processing"):
                 event.status = "sent"  # our own message, sent from the phone or another client
-            outcome = await self.store.insert_message(event, job, now)
+            events = message_event_jobs(await self.store.list_webhooks(tenant.id), event, self.webhook_attempts)
+            outcome = await self.store.insert_message(event, job, now, events)
+            if outcome.accepted and events and job is None:
+                self.on_enqueue()
             if outcome.accepted and job is not None:
                 self.on_enqueue()
             return IngestResult(status="accepted" if outcome.accepted else "duplicate", id=outcome.id)
         if isinstance(event, StatusUpdate):
             if instance is None:
                 return IngestResult(status="ignored", reason="status update without an instance")
-            message_id = await self.store.apply_status(tenant.id, instance.name, event.external_id, event.status, now)
+            webhooks = await self.store.list_webhooks(tenant.id)
+            message_id = await self.store.apply_status(
+                tenant.id,
+                instance.name,
+                event.external_id,
+                event.status,
+                now,
+                lambda updated: status_event_jobs(webhooks, updated, self.webhook_attempts),
+            )
+            self.on_enqueue()
             if message_id is None:
                 return IngestResult(status="ignored", reason="status update for an unknown message")
             return IngestResult(status="updated", id=message_id)
@@ -228,20 +256,53 @@ class Pipeline:
             instance.profile = {**instance.profile, **update.profile}
         instance.updated_at = now
         await self.store.update_instance(instance)
+        if update.state is not None:
+            await self.emit(instance.tenant, INSTANCE_STATUS, instance.public())
 
-    # --- outbound through the queue ---------------------------------------------------------------
-    async def enqueue_outbound(self, message: Message) -> str:
-        job = NewJob(
+    async def emit(self, tenant: str, event: str, data: Any, message_id: str | None = None) -> None:
+        """Queue deliveries of a standalone event (one not tied to a message write)."""
+        jobs = delivery_jobs(await self.store.list_webhooks(tenant), event, data, self.webhook_attempts)
+        if jobs:
+            await self.store.enqueue_jobs(tenant, message_id, jobs, iso(utcnow()))
+            self.on_enqueue()
+
+    @property
+    def webhook_attempts(self) -> int:
+        return len(self.settings.webhook_retry_schedule) + 1
+
+    def _deliver_job(self, message: Message) -> NewJob:
+        return NewJob(
             id=new_id("job"),
             kind="deliver",
             lane=lane_for("deliver", message.tenant, message.instance, message.chat.id),
             max_attempts=self.policy.max_attempts,
             run_at=time.time(),
         )
-        outcome = await self.store.insert_message(message, job, iso(utcnow()))
-        if outcome.accepted:
-            self.on_enqueue()
-        return outcome.id
+
+    async def _outbound_items(
+        self, messages: Sequence[Message], split: bool | None = None
+    ) -> list[tuple[Message, list[NewJob]]]:
+        """Each outbound message (split into parts when the instance wants it) with its deliver job
+        and its ``message.outbound`` deliveries."""
+        items: list[tuple[Message, list[NewJob]]] = []
+        for message in messages:
+            instance = await self.store.get_instance_by_name(message.source, message.instance)
+            config = instance.config if instance is not None else {}
+            parts = split_outbound(message) if split_enabled(config, split) else [message]
+            webhooks = await self.store.list_webhooks(message.tenant)
+            for part in parts:
+                items.append(
+                    (part, [self._deliver_job(part), *message_event_jobs(webhooks, part, self.webhook_attempts)])
+                )
+        return items
+
+    # --- outbound through the queue ---------------------------------------------------------------
+    async def enqueue_outbound(self, message: Message, split: bool | None = None) -> list[str]:
+        """Store an outbound message (or its parts) with deliver jobs; the ids, in sending order."""
+        items = await self._outbound_items([message], split)
+        await self.store.insert_outbound(items, iso(utcnow()))
+        self.on_enqueue()
+        return [m.id for m, _ in items]
 
     async def retry_dead_job(self, job_id: str) -> Job | None:
         job = await self.store.requeue_dead(job_id, time.time(), iso(utcnow()))
@@ -252,27 +313,39 @@ class Pipeline:
     # --- running one job --------------------------------------------------------------------------
     async def run_job(self, job: Job) -> None:
         """Run one leased job to an outcome: done, retry later, or dead. Never raises."""
+        if job.kind == "webhook":
+            try:
+                await self.webhooks.run(job)
+            finally:
+                self.on_enqueue()
+            return
         started = time.perf_counter()
         stage = "agent_request" if job.kind == "route" else "deliver"
         plugin: str | None = None
         bound = log.bind(job_id=job.id, message_id=job.message_id, tenant=job.tenant, kind=job.kind)
         try:
             if job.kind == "route":
-                plugin = await self._route(job)
+                plugin, finish = await self._route(job)
             else:
-                plugin = await self._deliver(job)
+                plugin, finish = await self._deliver(job)
+            # The attempt's record first, then the state change: whoever sees the outcome sees its attempt.
+            await self._trace(job, stage, "ok", plugin, started, None, None)
+            await finish()
+            self.pacer.forget(job.id)
+        except Paced as paced:
+            # Over a send rate: wait in the queue (not an attempt, not a failure).
+            await self.store.defer(job, time.time() + paced.seconds, iso(utcnow()))
         except Exception as exc:
             await self._failed(job, exc, stage, plugin, started, bound)
             return
         finally:
             self.on_enqueue()  # the lane's next job (if any) is runnable now
-        await self._trace(job, stage, "ok", plugin, started, None, None)
 
-    async def _route(self, job: Job) -> str | None:
+    async def _route(self, job: Job) -> tuple[str | None, Finish]:
+        """Hand the message to the agent; returns the backend and the store update that completes the job."""
         message, tenant = await self._load(job)
         if not routable(message):
-            await self.store.finish_route(job, message.status, [], iso(utcnow()))
-            return None
+            return None, lambda: self.store.finish_route(job, message.status, [], iso(utcnow()))
         history = await self.store.recent_messages(
             message.tenant, message.instance, message.chat.id, HISTORY_CONTEXT + 1
         )
@@ -284,37 +357,37 @@ class Pipeline:
         pending = self.pm.hook.omni_route(hub=self.hub, tenant=tenant, message=message, context=context)
         if pending is None:
             # No agent backend is enabled for this tenant: the message is kept, nothing forwarded.
-            await self.store.finish_route(job, "received", [], iso(utcnow()))
-            return None
+            return None, lambda: self.store.finish_route(job, "received", [], iso(utcnow()))
         reply: AgentReply = await pending
-        replies = reply_messages(message, reply, message.source)
-        jobs = [
-            (
-                m,
-                NewJob(
-                    id=new_id("job"),
-                    kind="deliver",
-                    lane=lane_for("deliver", m.tenant, m.instance, m.chat.id),
-                    max_attempts=self.policy.max_attempts,
-                    run_at=time.time(),
-                ),
-            )
-            for m in replies
-        ]
-        await self.store.finish_route(job, "forwarded", jobs, iso(utcnow()))
-        return reply.backend
+        items = await self._outbound_items(reply_messages(message, reply, message.source))
+        return reply.backend, lambda: self.store.finish_route(job, "forwarded", items, iso(utcnow()))
 
-    async def _deliver(self, job: Job) -> str | None:
+    async def _deliver(self, job: Job) -> tuple[str | None, Finish]:
+        """Send the message on its channel; returns the channel and the store update that completes the job."""
         message, tenant = await self._load(job)
         instance = await self.store.find_instance(tenant.id, message.instance)
         if instance is None:
             raise PermanentError(f"instance {message.instance!r} no longer exists")
+        wait = self.pacer.reserve(pace_key(job), message.chat.id, limits_for(instance.channel, instance.config))
+        if wait > 0:
+            raise Paced(wait)
         pending = self.pm.hook.omni_deliver(hub=self.hub, instance=instance, message=message)
         if pending is None:
-            raise PermanentError(f"no plugin delivers on channel {instance.channel!r}")
-        receipt: DeliveryReceipt = await pending
-        await self.store.finish_deliver(job, receipt.external_id, receipt.status, iso(utcnow()))
-        return instance.channel
+            if instance.channel in channels(self.pm):
+                raise PermanentError(f"the {instance.channel!r} plugin cannot deliver this message")
+            # A custom channel (messages injected through /messages/unified): the tenant's own
+            # system delivers it, from the message.outbound webhook event it already got.
+            receipt = DeliveryReceipt(external_id=None, status="sent")
+        else:
+            receipt = await pending
+        message.status = receipt.status
+        if receipt.external_id is not None:
+            message.external_id = receipt.external_id
+        webhooks = await self.store.list_webhooks(message.tenant)
+        events = status_event_jobs(webhooks, message, self.webhook_attempts)
+        return instance.channel, lambda: self.store.finish_deliver(
+            job, receipt.external_id, receipt.status, iso(utcnow()), events
+        )
 
     async def _load(self, job: Job) -> tuple[Message, Tenant]:
         if job.message_id is None:
@@ -332,16 +405,39 @@ class Pipeline:
     ) -> None:
         error, status_code, retry_after, permanent = describe_failure(exc)
         now = iso(utcnow())
+        if job.kind == "deliver" and retry_after is not None and not permanent and isinstance(exc, ExternalError):
+            # The platform said "too fast": pause that instance (or chat) and queue the message
+            # again without spending an attempt, up to a bound.
+            chat_id = job.lane.rsplit("\x1f", 1)[-1]
+            self.pacer.pause(pace_key(job), chat_id, exc.scope, retry_after)
+            if self.pacer.note_deferral(job.id) <= MAX_RATE_LIMIT_DEFERRALS:
+                await self._trace(job, stage, "rate_limited", plugin, started, status_code, error)
+                await self.store.defer(job, time.time() + retry_after, now)
+                return
         if permanent or self.policy.exhausted(job.attempts, job.max_attempts):
             message_status: MessageStatus = "failed" if permanent else "dead"
-            await self.store.bury(job, error, message_status, now)
-            bound.warning("job_dead", error=error, attempts=job.attempts, permanent=permanent)
+            # The attempt's record first, then the state change: whoever sees the outcome sees its attempt.
             await self._trace(job, stage, "dead", plugin, started, status_code, error)
+            await self.store.bury(job, error, message_status, now, await self._dead_events(job, error, message_status))
+            bound.warning("job_dead", error=error, attempts=job.attempts, permanent=permanent)
             return
         delay = self.policy.delay(job.attempts, retry_after)
+        await self._trace(job, stage, "retry", plugin, started, status_code, error)
         await self.store.retry_later(job, error, time.time() + delay, now)
         bound.info("job_retry", error=error, attempt=job.attempts, delay_s=round(delay, 3))
-        await self._trace(job, stage, "retry", plugin, started, status_code, error)
+
+    async def _dead_events(self, job: Job, error: str, message_status: MessageStatus) -> list[NewJob]:
+        """``job.dead`` (and, for an outbound message, its final ``message.status``) deliveries."""
+        webhooks = await self.store.list_webhooks(job.tenant)
+        if not any(w.enabled for w in webhooks):
+            return []
+        message = await self.store.get_message(job.message_id) if job.message_id else None
+        dead = {**job.public(), "status": "dead", "last_error": error}
+        events = delivery_jobs(webhooks, JOB_DEAD, {"job": dead, "message": message}, self.webhook_attempts)
+        if message is not None and job.kind == "deliver":
+            message.status = message_status
+            events += status_event_jobs(webhooks, message, self.webhook_attempts)
+        return events
 
     async def _trace(
         self,
@@ -373,6 +469,20 @@ class Pipeline:
             )
         except Exception:  # traces are diagnostics; never let them fail a job
             log.exception("trace_write_failed", job_id=job.id)
+
+
+class Paced(Exception):
+    """A send must wait ``seconds`` for its chat's or instance's rate."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"paced for {seconds:.3f}s")
+        self.seconds = seconds
+
+
+def pace_key(job: Job) -> str:
+    """The instance a deliver job sends on (tenant + instance name, from its lane)."""
+    _, tenant, instance, _ = job.lane.split("\x1f", 3)
+    return f"{tenant}/{instance}"
 
 
 def describe_failure(exc: BaseException) -> tuple[str, int | None, float | None, bool]:

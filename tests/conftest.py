@@ -11,6 +11,7 @@ import pytest
 
 from tests.fakes.evolution import FakeEvolution
 from tests.fakes.hive import FakeHive
+from tests.fakes.receiver import FakeReceiver
 from tests.hub_process import HubProcess
 from tests.pg import create_database, drop_database, require_postgres
 
@@ -29,6 +30,20 @@ def evolution_server() -> Iterator[FakeEvolution]:
 def hive_server() -> Iterator[FakeHive]:
     with FakeHive(api_key=HIVE_KEY) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def receiver_server() -> Iterator[FakeReceiver]:
+    with FakeReceiver() as server:
+        yield server
+
+
+@pytest.fixture
+def receiver(receiver_server: FakeReceiver) -> Iterator[FakeReceiver]:
+    """A tenant's webhook endpoint (paths are free: use one per subscription)."""
+    receiver_server.reset()
+    yield receiver_server
+    receiver_server.reset()
 
 
 @pytest.fixture

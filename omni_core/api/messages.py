@@ -5,19 +5,21 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
-from litestar import Request, get, post
+from litestar import Request, Response, get, post
 from litestar.params import Parameter
 
 from omni_core.api.common import parse_body
 from omni_core.api.tenants import visible_tenant
 from omni_core.auth import Principal
+from omni_core.entities import Instance
 from omni_core.errors import ApiError
 from omni_core.hub import Hub
 from omni_core.ids import new_id
-from omni_core.model import Chat, Content, Media, Message, Sender, iso, utcnow
+from omni_core.model import Chat, Content, ContentType, Media, Message, Sender, iso, utcnow
+from omni_core.plugins import channels
 from omni_core.store.base import HistoryQuery
 
 
@@ -36,6 +38,8 @@ class SendRequest(msgspec.Struct, forbid_unknown_fields=True):
     media: list[MediaIn] = msgspec.field(default_factory=list)
     reply_to: str | None = None
     tenant: str | None = None
+    #: Split a text over the channel's limit into several messages (default: the instance's setting).
+    split: bool | None = None
 
 
 def _content(text: str | None, media: list[Media]) -> Content:
@@ -46,20 +50,93 @@ def _content(text: str | None, media: list[Media]) -> Content:
     return Content(type=kind, text=text, media=media)  # type: ignore[arg-type]
 
 
+class ChatIn(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    type: Literal["direct", "group", "channel"] = "direct"
+    thread_id: str | None = None
+    name: str | None = None
+
+
+class SenderIn(msgspec.Struct):
+    id: str
+    name: str | None = None
+    is_bot: bool = False
+
+
+class ContentIn(msgspec.Struct):
+    type: ContentType | None = None
+    text: str | None = None
+    media: list[MediaIn] = msgspec.field(default_factory=list)
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class UnifiedRequest(msgspec.Struct):
+    """A unified message as the API shows it; ``id`` and ``status`` are the hub's to assign."""
+
+    direction: Literal["inbound", "outbound"]
+    instance: str
+    chat: ChatIn
+    content: ContentIn
+    source: str | None = None
+    tenant: str | None = None
+    external_id: str | None = None
+    sender: SenderIn | None = None
+    reply_to: str | None = None
+    timestamp: str | None = None
+    split: bool | None = None
+    id: str | None = None
+    status: str | None = None
+
+
+def _media(items: list[MediaIn]) -> list[Media]:
+    for item in items:
+        if not item.url.startswith(("http://", "https://")):
+            raise ApiError(400, "invalid_request", "media url must be an http(s) URL")
+    return [Media(url=m.url, mime_type=m.mime_type, filename=m.filename, caption=m.caption, size=m.size) for m in items]
+
+
+def _check_content(text: str | None, media: list[Media]) -> None:
+    if not (text and text.strip()) and not media:
+        raise ApiError(400, "invalid_request", "a message needs text or media")
+
+
+async def _sending_instance(hub: Hub, principal: Principal, ref: str, tenant: str | None) -> Instance:
+    scope = principal.tenant_scope()
+    if scope is not None and tenant is not None and tenant != scope:
+        raise ApiError(404, "unknown_tenant", f"no tenant with id {tenant!r}")
+    instance = await hub.store.find_instance(scope or tenant, ref)
+    if instance is None:
+        raise ApiError(404, "unknown_instance", f"no instance {ref!r}")
+    return instance
+
+
+async def _queue(
+    hub: Hub, instance: Instance, chat: Chat, content: Content, reply_to: str | None, split: bool | None
+) -> dict[str, Any]:
+    message = Message(
+        id=new_id("msg"),
+        source=instance.channel,
+        tenant=instance.tenant,
+        instance=instance.name,
+        direction="outbound",
+        chat=chat,
+        sender=Sender(id=instance.name, is_self=True, is_bot=True),
+        content=content,
+        timestamp=iso(utcnow()),
+        reply_to=reply_to,
+        status="queued",
+    )
+    ids = await hub.pipeline.enqueue_outbound(message, split)
+    # Long texts go out as several messages, in order; ``id`` is the first.
+    return {"id": ids[0], "status": "queued", "parts": ids}
+
+
 @post("/messages/send", status_code=202)
 async def send_message(request: Request[Any, Any, Any], hub: Hub, principal: Principal) -> dict[str, Any]:
     body = await parse_body(request, hub, SendRequest)
-    if not (body.text and body.text.strip()) and not body.media:
-        raise ApiError(400, "invalid_request", "a message needs text or media")
-    for item in body.media:
-        if not item.url.startswith(("http://", "https://")):
-            raise ApiError(400, "invalid_request", "media url must be an http(s) URL")
-    scope = principal.tenant_scope()
-    if scope is not None and body.tenant is not None and body.tenant != scope:
-        raise ApiError(404, "unknown_tenant", f"no tenant with id {body.tenant!r}")
-    instance = await hub.store.find_instance(scope or body.tenant, body.instance)
-    if instance is None:
-        raise ApiError(404, "unknown_instance", f"no instance {body.instance!r}")
+    media = _media(body.media)
+    _check_content(body.text, media)
+    instance = await _sending_instance(hub, principal, body.instance, body.tenant)
     try:
         chat_id = hub.pm.hook.omni_normalize_address(channel=instance.channel, address=body.to.strip())
     except ValueError as exc:
@@ -67,24 +144,66 @@ async def send_message(request: Request[Any, Any, Any], hub: Hub, principal: Pri
     chat_id = chat_id or body.to.strip()
     if not chat_id:
         raise ApiError(400, "invalid_recipient", "to must not be empty")
-    media = [
-        Media(url=m.url, mime_type=m.mime_type, filename=m.filename, caption=m.caption, size=m.size) for m in body.media
-    ]
+    chat = Chat(id=chat_id, type="group" if chat_id.endswith("@g.us") else "direct")
+    return await _queue(hub, instance, chat, _content(body.text, media), body.reply_to, body.split)
+
+
+@post("/messages/unified", status_code=202)
+async def unified_message(request: Request[Any, Any, Any], hub: Hub, principal: Principal) -> Response[dict[str, Any]]:
+    body = await parse_body(request, hub, UnifiedRequest)
+    media = _media(body.content.media)
+    _check_content(body.content.text, media)
+    content = _content(body.content.text, media)
+    if body.content.type is not None:
+        content.type = body.content.type
+    content.metadata = dict(body.content.metadata)
+    chat = Chat(id=body.chat.id, type=body.chat.type, thread_id=body.chat.thread_id, name=body.chat.name)
+    if body.direction == "outbound":
+        instance = await _sending_instance(hub, principal, body.instance, body.tenant)
+        if body.source is not None and body.source != instance.channel:
+            raise ApiError(400, "invalid_request", f"instance {instance.name!r} is on channel {instance.channel!r}")
+        return Response(await _queue(hub, instance, chat, content, body.reply_to, body.split), status_code=202)
+    return await _inject_inbound(hub, principal, body, chat, content)
+
+
+async def _inject_inbound(
+    hub: Hub, principal: Principal, body: UnifiedRequest, chat: Chat, content: Content
+) -> Response[dict[str, Any]]:
+    """An inbound message from a custom channel: stored, deduplicated on external_id, routed."""
+    if not body.source:
+        raise ApiError(400, "invalid_request", "an inbound unified message needs a source (its channel name)")
+    if body.sender is None:
+        raise ApiError(400, "invalid_request", "an inbound unified message needs a sender")
+    tenant_id = principal.tenant_scope() or body.tenant
+    if tenant_id is None:
+        raise ApiError(400, "invalid_request", "tenant is required when using the admin key")
+    tenant = await visible_tenant(hub, principal, tenant_id)
+    if body.tenant is not None and body.tenant != tenant.id:
+        raise ApiError(404, "unknown_tenant", f"no tenant with id {body.tenant!r}")
+    instance = await hub.store.get_instance_by_name(body.source, body.instance)
+    if instance is not None and instance.tenant != tenant.id:
+        raise ApiError(404, "unknown_instance", f"no {body.source} instance named {body.instance!r}")
+    if instance is None:
+        if body.source in channels(hub.pm):
+            raise ApiError(404, "unknown_instance", f"no {body.source} instance named {body.instance!r}")
+        instance = await hub.pipeline.register_instance(body.source, tenant, body.instance, state="custom")
     message = Message(
         id=new_id("msg"),
-        source=instance.channel,
-        tenant=instance.tenant,
+        source=body.source,
+        tenant=tenant.id,
         instance=instance.name,
-        direction="outbound",
-        chat=Chat(id=chat_id, type="group" if chat_id.endswith("@g.us") else "direct"),
-        sender=Sender(id=instance.name, is_self=True, is_bot=True),
-        content=_content(body.text, media),
-        timestamp=iso(utcnow()),
+        direction="inbound",
+        external_id=body.external_id,
+        chat=chat,
+        sender=Sender(id=body.sender.id, name=body.sender.name, is_bot=body.sender.is_bot),
+        content=content,
+        timestamp=_timestamp("timestamp", body.timestamp) or iso(utcnow()),
         reply_to=body.reply_to,
-        status="queued",
     )
-    message_id = await hub.pipeline.enqueue_outbound(message)
-    return {"id": message_id, "status": "queued"}
+    result = await hub.pipeline.store_event(body.source, tenant, instance, message)
+    if result.status == "duplicate":
+        return Response({"id": result.id, "status": "duplicate"}, status_code=200)
+    return Response({"id": result.id, "status": "queued"}, status_code=202)
 
 
 @get("/messages/{message_id:str}")

@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 import msgspec
 
-from omni_core.entities import Instance, Tenant
+from omni_core.entities import Instance, Tenant, TenantWebhook
 from omni_core.model import Message, MessageChange, MessageStatus
 
-JobKind = Literal["route", "deliver"]
+JobKind = Literal["route", "deliver", "webhook"]
 JobStatus = Literal["queued", "running", "done", "dead"]
 
 
@@ -167,8 +167,12 @@ class Store(ABC):
 
     # --- messages -------------------------------------------------------------------------------
     @abstractmethod
-    async def insert_message(self, message: Message, job: NewJob | None, now: str) -> InsertOutcome:
-        """Store a message and (optionally) its job in one transaction.
+    async def insert_message(
+        self, message: Message, job: NewJob | None, now: str, extra_jobs: Sequence[NewJob] = ()
+    ) -> InsertOutcome:
+        """Store a message and (optionally) its jobs in one transaction.
+
+        ``extra_jobs`` (tenant webhook deliveries) are written only when the message is new.
 
         Messages with an ``external_id`` are deduplicated on (tenant, instance, external_id):
         a repeat returns ``accepted=False`` with the stored message's id and writes nothing.
@@ -186,10 +190,24 @@ class Store(ABC):
         """Newest first, ``limit`` per page; ``next_before_id`` continues the listing."""
 
     @abstractmethod
+    async def insert_outbound(self, items: Sequence[tuple[Message, Sequence[NewJob]]], now: str) -> None:
+        """Store new outbound messages (e.g. the parts of a long text) with their jobs, atomically."""
+
+    @abstractmethod
     async def apply_status(
-        self, tenant: str, instance: str, external_id: str, status: MessageStatus, now: str
+        self,
+        tenant: str,
+        instance: str,
+        external_id: str,
+        status: MessageStatus,
+        now: str,
+        extra_jobs: Callable[[Message], Sequence[NewJob]] | None = None,
     ) -> str | None:
-        """Advance the status of the message with that external id (never backwards); its id or None."""
+        """Advance the status of the message with that external id (never backwards); its id or None.
+
+        When the status really advanced, ``extra_jobs(updated message)`` are enqueued in the same
+        transaction (the ``message.status`` webhook deliveries).
+        """
 
     @abstractmethod
     async def record_change(self, tenant: str, instance: str, change: MessageChange, now: str) -> str | None:
@@ -224,7 +242,7 @@ class Store(ABC):
         self,
         job: Job,
         message_status: MessageStatus,
-        replies: Sequence[tuple[Message, NewJob]],
+        replies: Sequence[tuple[Message, Sequence[NewJob]]],
         now: str,
     ) -> bool:
         """Complete a route job: mark it done, set the message status, store replies and their jobs.
@@ -233,7 +251,9 @@ class Store(ABC):
         """
 
     @abstractmethod
-    async def finish_deliver(self, job: Job, external_id: str | None, status: MessageStatus, now: str) -> bool:
+    async def finish_deliver(
+        self, job: Job, external_id: str | None, status: MessageStatus, now: str, extra_jobs: Sequence[NewJob] = ()
+    ) -> bool:
         """Complete a deliver job: mark it done and record the platform's id and status."""
 
     @abstractmethod
@@ -241,7 +261,9 @@ class Store(ABC):
         """Release a failed attempt back to the queue, due at ``run_at``."""
 
     @abstractmethod
-    async def bury(self, job: Job, error: str, message_status: MessageStatus, now: str) -> bool:
+    async def bury(
+        self, job: Job, error: str, message_status: MessageStatus, now: str, extra_jobs: Sequence[NewJob] = ()
+    ) -> bool:
         """Mark a job dead (and its message ``message_status``), keeping the error."""
 
     @abstractmethod
@@ -272,12 +294,54 @@ class Store(ABC):
     async def recover_leases(self, owner_prefix_alive: str | None) -> int:
         """Release leases held by workers that cannot be alive; returns how many jobs were released."""
 
+    @abstractmethod
+    async def enqueue_jobs(self, tenant: str, message_id: str | None, jobs: Sequence[NewJob], now: str) -> None:
+        """Insert standalone jobs (e.g. webhook deliveries for an instance event)."""
+
+    @abstractmethod
+    async def defer(self, job: Job, run_at: float, now: str) -> bool:
+        """Put a leased job back, due at ``run_at``, without counting the attempt (pacing)."""
+
+    @abstractmethod
+    async def list_jobs(
+        self, tenant: str, kind: str, statuses: Sequence[str] | None, limit: int, before_seq: int | None = None
+    ) -> list[Job]:
+        """A tenant's jobs of one kind, newest first."""
+
+    @abstractmethod
+    async def replay_job(self, job_id: str, new_id: str, now_epoch: float, now: str) -> Job | None:
+        """A new queued job with the same kind, lane prefix, message and payload as a finished one."""
+
+    # --- tenant webhooks ------------------------------------------------------------------------
+    @abstractmethod
+    async def create_webhook(self, webhook: TenantWebhook) -> None: ...
+
+    @abstractmethod
+    async def get_webhook(self, webhook_id: str) -> TenantWebhook | None: ...
+
+    @abstractmethod
+    async def list_webhooks(self, tenant: str) -> list[TenantWebhook]:
+        """All of a tenant's webhooks (cached: read on every event)."""
+
+    @abstractmethod
+    async def update_webhook(self, webhook: TenantWebhook) -> None: ...
+
+    @abstractmethod
+    async def delete_webhook(self, webhook_id: str) -> bool: ...
+
+    @abstractmethod
+    async def record_webhook_result(self, webhook_id: str, ok: bool, now: float) -> float | None:
+        """Note a delivery outcome; returns since when the webhook has been failing (None: healthy)."""
+
     # --- traces ---------------------------------------------------------------------------------
     @abstractmethod
     async def add_traces(self, records: Sequence[TraceRecord]) -> None: ...
 
     @abstractmethod
     async def traces_for_message(self, message_id: str) -> list[TraceRecord]: ...
+
+    @abstractmethod
+    async def traces_for_jobs(self, job_ids: Sequence[str]) -> dict[str, list[TraceRecord]]: ...
 
 
 #: How many candidates to look at per job wanted, so that tenants at their cap do not starve others.

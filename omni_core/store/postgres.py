@@ -25,7 +25,7 @@ import asyncpg
 import msgspec
 import structlog
 
-from omni_core.entities import Instance, Tenant
+from omni_core.entities import Instance, Tenant, TenantWebhook
 from omni_core.model import STATUS_RANK, Message, MessageChange, MessageStatus, apply_change, iso
 from omni_core.store.base import (
     CLAIM_WINDOW,
@@ -44,6 +44,7 @@ from omni_core.store.rows import (
     JOB_COLUMNS,
     JOB_COLUMNS_J,
     TENANT_COLUMNS,
+    WEBHOOK_COLUMNS,
     instance_from_row,
     instance_row,
     job_from_row,
@@ -51,8 +52,11 @@ from omni_core.store.rows import (
     message_from_row,
     message_row,
     tenant_from_row,
+    trace_from_row,
+    webhook_from_row,
+    webhook_row,
 )
-from omni_core.store.sqlite import migrations
+from omni_core.store.sqlite import advances, migrations
 
 log = structlog.get_logger("omni.store")
 
@@ -70,7 +74,7 @@ INSERT_JOB_PG = (
 )
 
 
-def _job_args(job: NewJob, tenant: str, message_id: str, now: str) -> tuple[Any, ...]:
+def _job_args(job: NewJob, tenant: str, message_id: str | None, now: str) -> tuple[Any, ...]:
     return (
         job.id,
         tenant,
@@ -95,6 +99,7 @@ class PostgresStore(Store):
         self._tenant_cache: dict[str, tuple[float, Tenant]] = {}
         self._instance_cache: dict[tuple[str, str], tuple[float, Instance]] = {}
         self._channel_cache: dict[str, tuple[float, list[Instance]]] = {}
+        self._webhook_cache: dict[str, tuple[float, list[TenantWebhook]]] = {}
         self._key_cache: dict[str, str] = {}
         self._cache_generation = 0
         self.applied_migrations: list[str] = []
@@ -203,6 +208,7 @@ class PostgresStore(Store):
         self._tenant_cache.clear()
         self._instance_cache.clear()
         self._channel_cache.clear()
+        self._webhook_cache.clear()
         self._key_cache.clear()
 
     @staticmethod
@@ -360,7 +366,9 @@ class PostgresStore(Store):
         return bool(status.endswith(" 1"))
 
     # --- messages -------------------------------------------------------------------------------
-    async def insert_message(self, message: Message, job: NewJob | None, now: str) -> InsertOutcome:
+    async def insert_message(
+        self, message: Message, job: NewJob | None, now: str, extra_jobs: Sequence[NewJob] = ()
+    ) -> InsertOutcome:
         row = message_row(message, now)
         async with self._require_pool().acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(INSERT_MESSAGE_PG + " ON CONFLICT DO NOTHING RETURNING id", *row)
@@ -374,8 +382,8 @@ class PostgresStore(Store):
                 if existing is None:
                     raise RuntimeError(f"message {message.id} could not be stored")
                 return InsertOutcome(accepted=False, id=existing)
-            if job is not None:
-                await conn.execute(INSERT_JOB_PG, *_job_args(job, message.tenant, message.id, now))
+            for new_job in (job, *extra_jobs) if job is not None else extra_jobs:
+                await conn.execute(INSERT_JOB_PG, *_job_args(new_job, message.tenant, message.id, now))
         return InsertOutcome(accepted=True, id=message.id)
 
     async def get_message(self, message_id: str) -> Message | None:
@@ -423,13 +431,26 @@ class PostgresStore(Store):
             next_before_id=rows[-1][3] if more and rows else None,
         )
 
+    async def insert_outbound(self, items: Sequence[tuple[Message, Sequence[NewJob]]], now: str) -> None:
+        async with self._require_pool().acquire() as conn, conn.transaction():
+            for message, jobs in items:
+                await conn.execute(INSERT_MESSAGE_PG, *message_row(message, now))
+                for new_job in jobs:
+                    await conn.execute(INSERT_JOB_PG, *_job_args(new_job, message.tenant, message.id, now))
+
     async def apply_status(
-        self, tenant: str, instance: str, external_id: str, status: MessageStatus, now: str
+        self,
+        tenant: str,
+        instance: str,
+        external_id: str,
+        status: MessageStatus,
+        now: str,
+        extra_jobs: Callable[[Message], Sequence[NewJob]] | None = None,
     ) -> str | None:
         async with self._require_pool().acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                "SELECT id, status FROM messages WHERE tenant_id = $1 AND instance = $2 AND external_id = $3"
-                " FOR UPDATE",
+                "SELECT id, status, body, external_id FROM messages"
+                " WHERE tenant_id = $1 AND instance = $2 AND external_id = $3 FOR UPDATE",
                 tenant,
                 instance,
                 external_id,
@@ -437,10 +458,13 @@ class PostgresStore(Store):
             if row is None:
                 return None
             message_id, current = row[0], row[1]
-            if STATUS_RANK.get(status, 0) > STATUS_RANK.get(current, 0) or (status == "failed" and current == "sent"):
+            if advances(current, status):
                 await conn.execute(
                     "UPDATE messages SET status = $1, updated_at = $2 WHERE id = $3", status, now, message_id
                 )
+                if extra_jobs is not None:
+                    for new_job in extra_jobs(message_from_row(row[2], status, row[3])):
+                        await conn.execute(INSERT_JOB_PG, *_job_args(new_job, tenant, message_id, now))
             return str(message_id)
 
     async def record_change(self, tenant: str, instance: str, change: MessageChange, now: str) -> str | None:
@@ -505,7 +529,7 @@ class PostgresStore(Store):
                 stamp,
                 [j.seq for j in jobs],
             )
-            message_ids = [j.message_id for j in jobs if j.message_id is not None]
+            message_ids = [j.message_id for j in jobs if j.message_id is not None and j.kind != "webhook"]
             if message_ids:
                 await conn.execute(
                     "UPDATE messages SET status = 'processing', updated_at = $1 WHERE id = ANY($2::text[])",
@@ -529,7 +553,7 @@ class PostgresStore(Store):
         return int(status.split()[-1])
 
     async def finish_route(
-        self, job: Job, message_status: MessageStatus, replies: Sequence[tuple[Message, NewJob]], now: str
+        self, job: Job, message_status: MessageStatus, replies: Sequence[tuple[Message, Sequence[NewJob]]], now: str
     ) -> bool:
         async with self._require_pool().acquire() as conn, conn.transaction():
             if not await _close_job(conn, job, "done", None, now):
@@ -541,17 +565,20 @@ class PostgresStore(Store):
                     now,
                     job.message_id,
                 )
-            for message, new_job in replies:
+            for message, jobs in replies:
                 await conn.execute(INSERT_MESSAGE_PG, *message_row(message, now))
-                await conn.execute(INSERT_JOB_PG, *_job_args(new_job, message.tenant, message.id, now))
+                for new_job in jobs:
+                    await conn.execute(INSERT_JOB_PG, *_job_args(new_job, message.tenant, message.id, now))
         return True
 
-    async def finish_deliver(self, job: Job, external_id: str | None, status: MessageStatus, now: str) -> bool:
+    async def finish_deliver(
+        self, job: Job, external_id: str | None, status: MessageStatus, now: str, extra_jobs: Sequence[NewJob] = ()
+    ) -> bool:
         async with self._require_pool().acquire() as conn, conn.transaction():
             if not await _close_job(conn, job, "done", None, now):
                 return False
-            if job.message_id is None:
-                return True
+            if job.message_id is None or job.kind == "webhook":
+                return True  # a webhook delivery reports on a message; it does not change it
             new_status = status
             if external_id is not None:
                 # The platform may have echoed our send back as a webhook before we got here;
@@ -575,6 +602,8 @@ class PostgresStore(Store):
                 now,
                 job.message_id,
             )
+            for new_job in extra_jobs:
+                await conn.execute(INSERT_JOB_PG, *_job_args(new_job, job.tenant, job.message_id, now))
         return True
 
     async def retry_later(self, job: Job, error: str, run_at: float, now: str) -> bool:
@@ -589,11 +618,15 @@ class PostgresStore(Store):
         )
         return bool(status.endswith(" 1"))
 
-    async def bury(self, job: Job, error: str, message_status: MessageStatus, now: str) -> bool:
+    async def bury(
+        self, job: Job, error: str, message_status: MessageStatus, now: str, extra_jobs: Sequence[NewJob] = ()
+    ) -> bool:
         async with self._require_pool().acquire() as conn, conn.transaction():
             if not await _close_job(conn, job, "dead", error, now):
                 return False
-            if job.message_id is not None:
+            for new_job in extra_jobs:
+                await conn.execute(INSERT_JOB_PG, *_job_args(new_job, job.tenant, job.message_id, now))
+            if job.message_id is not None and job.kind != "webhook":
                 await conn.execute(
                     "UPDATE messages SET status = $1, error = $2, updated_at = $3 WHERE id = $4",
                     message_status,
@@ -665,6 +698,113 @@ class PostgresStore(Store):
         # Other replicas may be alive: a lease is only taken over once it has expired (claim_jobs).
         return 0
 
+    async def enqueue_jobs(self, tenant: str, message_id: str | None, jobs: Sequence[NewJob], now: str) -> None:
+        if not jobs:
+            return
+        async with self._require_pool().acquire() as conn, conn.transaction():
+            for new_job in jobs:
+                await conn.execute(INSERT_JOB_PG, *_job_args(new_job, tenant, message_id, now))
+
+    async def defer(self, job: Job, run_at: float, now: str) -> bool:
+        status = await self._require_pool().execute(
+            "UPDATE jobs SET status = 'queued', run_at = $1, lease_owner = NULL, lease_until = NULL,"
+            " attempts = GREATEST(attempts - 1, 0), updated_at = $2"
+            " WHERE id = $3 AND lease_owner = $4 AND status = 'running'",
+            run_at,
+            now,
+            job.id,
+            job.lease_owner,
+        )
+        return bool(status.endswith(" 1"))
+
+    async def list_jobs(
+        self, tenant: str, kind: str, statuses: Sequence[str] | None, limit: int, before_seq: int | None = None
+    ) -> list[Job]:
+        rows = await self._require_pool().fetch(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND kind = $2"
+            " AND ($3::text[] IS NULL OR status = ANY($3::text[])) AND ($4::bigint IS NULL OR seq < $4)"
+            " ORDER BY seq DESC LIMIT $5",
+            tenant,
+            kind,
+            list(statuses) if statuses else None,
+            before_seq,
+            limit,
+        )
+        return [job_from_row(r) for r in rows]
+
+    async def replay_job(self, job_id: str, new_id: str, now_epoch: float, now: str) -> Job | None:
+        async with self._require_pool().acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
+            if row is None:
+                return None
+            old = job_from_row(row)
+            replay = NewJob(
+                id=new_id,
+                kind=old.kind,
+                lane=f"{old.kind}\x1f{new_id}",
+                max_attempts=old.max_attempts,
+                run_at=now_epoch,
+                payload=old.payload,
+            )
+            await conn.execute(INSERT_JOB_PG, *_job_args(replay, old.tenant, old.message_id, now))
+            fresh = await conn.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", new_id)
+        return job_from_row(fresh) if fresh else None
+
+    # --- tenant webhooks ------------------------------------------------------------------------
+    async def create_webhook(self, webhook: TenantWebhook) -> None:
+        row = webhook_row(webhook)
+        marks = ", ".join(f"${i}" for i in range(1, len(row) + 1))
+        await self._require_pool().execute(f"INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES ({marks})", *row)
+        self._invalidate()
+
+    async def get_webhook(self, webhook_id: str) -> TenantWebhook | None:
+        row = await self._require_pool().fetchrow(f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1", webhook_id)
+        return webhook_from_row(row) if row else None
+
+    async def list_webhooks(self, tenant: str) -> list[TenantWebhook]:
+        cached: list[TenantWebhook] | None = self._fresh(self._webhook_cache.get(tenant))
+        if cached is None:
+            generation = self._cache_generation
+            rows = await self._require_pool().fetch(
+                f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE tenant_id = $1 ORDER BY id", tenant
+            )
+            cached = [webhook_from_row(r) for r in rows]
+            if generation == self._cache_generation:
+                self._webhook_cache[tenant] = (time.monotonic(), cached)
+        return [msgspec.structs.replace(w) for w in cached]
+
+    async def update_webhook(self, webhook: TenantWebhook) -> None:
+        row = webhook_row(webhook)
+        self._invalidate()
+        await self._require_pool().execute(
+            "UPDATE webhooks SET url = $1, events = $2, secret = $3, enabled = $4, description = $5,"
+            " secret_previous = $6, previous_valid_until = $7, failing_since = $8, disabled_reason = $9,"
+            " updated_at = $10 WHERE id = $11",
+            *row[2:11],
+            row[12],
+            row[0],
+        )
+        self._invalidate()
+
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        status = await self._require_pool().execute("DELETE FROM webhooks WHERE id = $1", webhook_id)
+        self._invalidate()
+        return bool(status.endswith(" 1"))
+
+    async def record_webhook_result(self, webhook_id: str, ok: bool, now: float) -> float | None:
+        pool = self._require_pool()
+        if ok:
+            await pool.execute(
+                "UPDATE webhooks SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL", webhook_id
+            )
+            return None
+        value = await pool.fetchval(
+            "UPDATE webhooks SET failing_since = COALESCE(failing_since, $1) WHERE id = $2 RETURNING failing_since",
+            now,
+            webhook_id,
+        )
+        return float(value) if value is not None else None
+
     # --- traces ---------------------------------------------------------------------------------
     async def add_traces(self, records: Sequence[TraceRecord]) -> None:
         if not records:
@@ -696,22 +836,20 @@ class PostgresStore(Store):
             " FROM traces WHERE message_id = $1 ORDER BY id",
             message_id,
         )
-        return [
-            TraceRecord(
-                tenant=r[0],
-                message_id=r[1],
-                job_id=r[2],
-                stage=r[3],
-                plugin=r[4],
-                attempt=r[5],
-                at=r[6],
-                duration_ms=r[7],
-                outcome=r[8],
-                status_code=r[9],
-                error=r[10],
-            )
-            for r in rows
-        ]
+        return [trace_from_row(r) for r in rows]
+
+    async def traces_for_jobs(self, job_ids: Sequence[str]) -> dict[str, list[TraceRecord]]:
+        if not job_ids:
+            return {}
+        rows = await self._require_pool().fetch(
+            "SELECT tenant_id, message_id, job_id, stage, plugin, attempt, at, duration_ms, outcome, status_code, error"
+            " FROM traces WHERE job_id = ANY($1::text[]) ORDER BY id",
+            list(job_ids),
+        )
+        out: dict[str, list[TraceRecord]] = {}
+        for r in rows:
+            out.setdefault(r[2], []).append(trace_from_row(r))
+        return out
 
 
 async def _close_job(conn: asyncpg.Connection, job: Job, status: str, error: str | None, now: str) -> bool:

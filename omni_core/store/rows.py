@@ -7,9 +7,9 @@ from typing import Any
 
 import msgspec
 
-from omni_core.entities import Instance, Tenant
+from omni_core.entities import Instance, Tenant, TenantWebhook
 from omni_core.model import Message
-from omni_core.store.base import Job
+from omni_core.store.base import Job, TraceRecord
 
 json_encode = msgspec.json.Encoder().encode
 _message_decoder = msgspec.json.Decoder(Message)
@@ -131,4 +131,63 @@ def instance_row(i: Instance) -> tuple[Any, ...]:
         json_encode(i.profile),
         i.created_at,
         i.updated_at,
+    )
+
+
+WEBHOOK_COLUMNS = (
+    "id, tenant_id, url, events, secret, enabled, description, secret_previous, previous_valid_until,"
+    " failing_since, disabled_reason, created_at, updated_at"
+)
+
+
+def webhook_from_row(row: Sequence[Any]) -> TenantWebhook:
+    return TenantWebhook(
+        id=row[0],
+        tenant=row[1],
+        url=row[2],
+        events=list(msgspec.json.decode(row[3])),
+        secret=row[4],
+        enabled=bool(row[5]),
+        description=row[6],
+        secret_previous=row[7],
+        previous_valid_until=row[8],
+        failing_since=row[9],
+        disabled_reason=row[10],
+        created_at=row[11],
+        updated_at=row[12],
+    )
+
+
+def webhook_row(w: TenantWebhook) -> tuple[Any, ...]:
+    return (
+        w.id,
+        w.tenant,
+        w.url,
+        json_encode(w.events).decode(),
+        w.secret,
+        1 if w.enabled else 0,
+        w.description,
+        w.secret_previous,
+        w.previous_valid_until,
+        w.failing_since,
+        w.disabled_reason,
+        w.created_at,
+        w.updated_at,
+    )
+
+
+def trace_from_row(r: Sequence[Any]) -> TraceRecord:
+    """Columns: tenant_id, message_id, job_id, stage, plugin, attempt, at, duration_ms, outcome, status_code, error."""
+    return TraceRecord(
+        tenant=r[0],
+        message_id=r[1],
+        job_id=r[2],
+        stage=r[3],
+        plugin=r[4],
+        attempt=r[5],
+        at=r[6],
+        duration_ms=r[7],
+        outcome=r[8],
+        status_code=r[9],
+        error=r[10],
     )

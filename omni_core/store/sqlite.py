@@ -26,7 +26,7 @@ import aiosqlite
 import msgspec
 import structlog
 
-from omni_core.entities import Instance, Tenant
+from omni_core.entities import Instance, Tenant, TenantWebhook
 from omni_core.model import STATUS_RANK, Message, MessageChange, MessageStatus, apply_change, iso
 from omni_core.store.base import (
     CLAIM_WINDOW,
@@ -46,6 +46,7 @@ from omni_core.store.rows import (
     JOB_COLUMNS,
     JOB_COLUMNS_J,
     TENANT_COLUMNS,
+    WEBHOOK_COLUMNS,
     instance_from_row,
     instance_row,
     job_from_row,
@@ -53,6 +54,9 @@ from omni_core.store.rows import (
     message_from_row,
     message_row,
     tenant_from_row,
+    trace_from_row,
+    webhook_from_row,
+    webhook_row,
 )
 
 T = TypeVar("T")
@@ -106,6 +110,7 @@ class SqliteStore(Store):
         self._key_cache: dict[str, str] = {}
         self._instance_cache: dict[tuple[str, str], Instance] = {}
         self._channel_cache: dict[str, list[Instance]] = {}
+        self._webhook_cache: dict[str, list[TenantWebhook]] = {}
         #: Bumped on every invalidation; a read that raced with one does not fill the cache.
         self._cache_generation = 0
         self.applied_migrations: list[str] = []
@@ -197,6 +202,7 @@ class SqliteStore(Store):
         self._key_cache.clear()
         self._instance_cache.clear()
         self._channel_cache.clear()
+        self._webhook_cache.clear()
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._reader is None:
@@ -404,7 +410,9 @@ class SqliteStore(Store):
         return deleted
 
     # --- messages -------------------------------------------------------------------------------
-    async def insert_message(self, message: Message, job: NewJob | None, now: str) -> InsertOutcome:
+    async def insert_message(
+        self, message: Message, job: NewJob | None, now: str, extra_jobs: Sequence[NewJob] = ()
+    ) -> InsertOutcome:
         row = message_row(message, now)
 
         def op(db: sqlite3.Connection) -> InsertOutcome:
@@ -417,8 +425,8 @@ class SqliteStore(Store):
                 if found is None:  # a message id collision: never expected with ULIDs
                     raise RuntimeError(f"message {message.id} could not be stored")
                 return InsertOutcome(accepted=False, id=found[0])
-            if job is not None:
-                _insert_job(db, job, message.tenant, message.id, now)
+            for new_job in (job, *extra_jobs) if job is not None else extra_jobs:
+                _insert_job(db, new_job, message.tenant, message.id, now)
             return InsertOutcome(accepted=True, id=message.id)
 
         result: InsertOutcome = await self._write(op)
@@ -465,19 +473,40 @@ class SqliteStore(Store):
             next_before_id=rows[-1][3] if more and rows else None,
         )
 
+    async def insert_outbound(self, items: Sequence[tuple[Message, Sequence[NewJob]]], now: str) -> None:
+        rows = [(message_row(m, now), m, jobs) for m, jobs in items]
+
+        def op(db: sqlite3.Connection) -> None:
+            for row, message, jobs in rows:
+                db.execute(INSERT_MESSAGE, row)
+                for new_job in jobs:
+                    _insert_job(db, new_job, message.tenant, message.id, now)
+
+        await self._write(op)
+
     async def apply_status(
-        self, tenant: str, instance: str, external_id: str, status: MessageStatus, now: str
+        self,
+        tenant: str,
+        instance: str,
+        external_id: str,
+        status: MessageStatus,
+        now: str,
+        extra_jobs: Callable[[Message], Sequence[NewJob]] | None = None,
     ) -> str | None:
         def op(db: sqlite3.Connection) -> str | None:
             row = db.execute(
-                "SELECT id, status FROM messages WHERE tenant_id = ? AND instance = ? AND external_id = ?",
+                "SELECT id, status, body, external_id FROM messages"
+                " WHERE tenant_id = ? AND instance = ? AND external_id = ?",
                 (tenant, instance, external_id),
             ).fetchone()
             if row is None:
                 return None
-            message_id, current = row
-            if STATUS_RANK.get(status, 0) > STATUS_RANK.get(current, 0) or (status == "failed" and current == "sent"):
+            message_id, current = row[0], row[1]
+            if advances(current, status):
                 db.execute("UPDATE messages SET status = ?, updated_at = ? WHERE id = ?", (status, now, message_id))
+                if extra_jobs is not None:
+                    for new_job in extra_jobs(message_from_row(row[2], status, row[3])):
+                        _insert_job(db, new_job, tenant, message_id, now)
             return str(message_id)
 
         result: str | None = await self._write(op)
@@ -543,7 +572,7 @@ class SqliteStore(Store):
             for job in jobs:
                 job.status, job.lease_owner, job.lease_until = "running", owner, until
                 job.attempts += 1
-            message_ids = [j.message_id for j in jobs if j.message_id is not None]
+            message_ids = [j.message_id for j in jobs if j.message_id is not None and j.kind != "webhook"]
             if message_ids:
                 marks = ",".join("?" * len(message_ids))
                 db.execute(
@@ -572,9 +601,9 @@ class SqliteStore(Store):
         return result
 
     async def finish_route(
-        self, job: Job, message_status: MessageStatus, replies: Sequence[tuple[Message, NewJob]], now: str
+        self, job: Job, message_status: MessageStatus, replies: Sequence[tuple[Message, Sequence[NewJob]]], now: str
     ) -> bool:
-        rows = [(message_row(m, now), m, new_job) for m, new_job in replies]
+        rows = [(message_row(m, now), m, jobs) for m, jobs in replies]
 
         def op(db: sqlite3.Connection) -> bool:
             if not _close_job(db, job, "done", None, now):
@@ -584,19 +613,22 @@ class SqliteStore(Store):
                     "UPDATE messages SET status = ?, error = NULL, updated_at = ? WHERE id = ?",
                     (message_status, now, job.message_id),
                 )
-            for row, message, new_job in rows:
+            for row, message, jobs in rows:
                 db.execute(INSERT_MESSAGE, row)
-                _insert_job(db, new_job, message.tenant, message.id, now)
+                for new_job in jobs:
+                    _insert_job(db, new_job, message.tenant, message.id, now)
             return True
 
         return bool(await self._write(op))
 
-    async def finish_deliver(self, job: Job, external_id: str | None, status: MessageStatus, now: str) -> bool:
+    async def finish_deliver(
+        self, job: Job, external_id: str | None, status: MessageStatus, now: str, extra_jobs: Sequence[NewJob] = ()
+    ) -> bool:
         def op(db: sqlite3.Connection) -> bool:
             if not _close_job(db, job, "done", None, now):
                 return False
-            if job.message_id is None:
-                return True
+            if job.message_id is None or job.kind == "webhook":
+                return True  # a webhook delivery reports on a message; it does not change it
             new_status = status
             if external_id is not None:
                 # The platform may have echoed our send back as a webhook (Evolution's
@@ -616,6 +648,8 @@ class SqliteStore(Store):
                 " WHERE id = ?",
                 (new_status, external_id, now, job.message_id),
             )
+            for new_job in extra_jobs:
+                _insert_job(db, new_job, job.tenant, job.message_id, now)
             return True
 
         return bool(await self._write(op))
@@ -631,15 +665,19 @@ class SqliteStore(Store):
 
         return bool(await self._write(op))
 
-    async def bury(self, job: Job, error: str, message_status: MessageStatus, now: str) -> bool:
+    async def bury(
+        self, job: Job, error: str, message_status: MessageStatus, now: str, extra_jobs: Sequence[NewJob] = ()
+    ) -> bool:
         def op(db: sqlite3.Connection) -> bool:
             if not _close_job(db, job, "dead", error, now):
                 return False
-            if job.message_id is not None:
+            if job.message_id is not None and job.kind != "webhook":
                 db.execute(
                     "UPDATE messages SET status = ?, error = ?, updated_at = ? WHERE id = ?",
                     (message_status, error, now, job.message_id),
                 )
+            for new_job in extra_jobs:
+                _insert_job(db, new_job, job.tenant, job.message_id, now)
             return True
 
         return bool(await self._write(op))
@@ -708,6 +746,127 @@ class SqliteStore(Store):
         result: int = await self._write(op)
         return result
 
+    async def enqueue_jobs(self, tenant: str, message_id: str | None, jobs: Sequence[NewJob], now: str) -> None:
+        if not jobs:
+            return
+
+        def op(db: sqlite3.Connection) -> None:
+            for new_job in jobs:
+                _insert_job(db, new_job, tenant, message_id, now)
+
+        await self._write(op)
+
+    async def defer(self, job: Job, run_at: float, now: str) -> bool:
+        def op(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "UPDATE jobs SET status = 'queued', run_at = ?, lease_owner = NULL, lease_until = NULL,"
+                " attempts = MAX(attempts - 1, 0), updated_at = ?"
+                " WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                (run_at, now, job.id, job.lease_owner),
+            )
+            return cur.rowcount == 1
+
+        return bool(await self._write(op))
+
+    async def list_jobs(
+        self, tenant: str, kind: str, statuses: Sequence[str] | None, limit: int, before_seq: int | None = None
+    ) -> list[Job]:
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = ? AND kind = ?"
+        params: list[Any] = [tenant, kind]
+        if statuses:
+            sql += f" AND status IN ({','.join('?' * len(statuses))})"
+            params.extend(statuses)
+        if before_seq is not None:
+            sql += " AND seq < ?"
+            params.append(before_seq)
+        rows = await self._fetchall(sql + " ORDER BY seq DESC LIMIT ?", [*params, limit])
+        return [job_from_row(r) for r in rows]
+
+    async def replay_job(self, job_id: str, new_id: str, now_epoch: float, now: str) -> Job | None:
+        def op(db: sqlite3.Connection) -> Job | None:
+            row = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            old = job_from_row(row)
+            replay = NewJob(
+                id=new_id,
+                kind=old.kind,
+                lane=f"{old.kind}\x1f{new_id}",
+                max_attempts=old.max_attempts,
+                run_at=now_epoch,
+                payload=old.payload,
+            )
+            _insert_job(db, replay, old.tenant, old.message_id, now)
+            fresh = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (new_id,)).fetchone()
+            return job_from_row(fresh)
+
+        result: Job | None = await self._write(op)
+        return result
+
+    # --- tenant webhooks ------------------------------------------------------------------------
+    async def create_webhook(self, webhook: TenantWebhook) -> None:
+        row = webhook_row(webhook)
+
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(f"INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES ({','.join('?' * len(row))})", row)
+
+        await self._write(op)
+        self._invalidate()
+
+    async def get_webhook(self, webhook_id: str) -> TenantWebhook | None:
+        row = await self._fetchone(f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?", (webhook_id,))
+        return webhook_from_row(row) if row else None
+
+    async def list_webhooks(self, tenant: str) -> list[TenantWebhook]:
+        cached = self._webhook_cache.get(tenant)
+        if cached is None:
+            generation = self._cache_generation
+            rows = await self._fetchall(
+                f"SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE tenant_id = ? ORDER BY id", (tenant,)
+            )
+            cached = [webhook_from_row(r) for r in rows]
+            if generation == self._cache_generation:
+                self._webhook_cache[tenant] = cached
+        return [msgspec.structs.replace(w) for w in cached]
+
+    async def update_webhook(self, webhook: TenantWebhook) -> None:
+        row = webhook_row(webhook)
+
+        def op(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE webhooks SET url = ?, events = ?, secret = ?, enabled = ?, description = ?,"
+                " secret_previous = ?, previous_valid_until = ?, failing_since = ?, disabled_reason = ?,"
+                " updated_at = ? WHERE id = ?",
+                (*row[2:11], row[12], row[0]),
+            )
+
+        self._invalidate()
+        await self._write(op)
+        self._invalidate()
+
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        def op(db: sqlite3.Connection) -> bool:
+            return db.execute("DELETE FROM webhooks WHERE id = ?", (webhook_id,)).rowcount == 1
+
+        deleted = bool(await self._write(op))
+        self._invalidate()
+        return deleted
+
+    async def record_webhook_result(self, webhook_id: str, ok: bool, now: float) -> float | None:
+        def op(db: sqlite3.Connection) -> float | None:
+            if ok:
+                db.execute(
+                    "UPDATE webhooks SET failing_since = NULL WHERE id = ? AND failing_since IS NOT NULL",
+                    (webhook_id,),
+                )
+                return None
+            db.execute("UPDATE webhooks SET failing_since = COALESCE(failing_since, ?) WHERE id = ?", (now, webhook_id))
+            row = db.execute("SELECT failing_since FROM webhooks WHERE id = ?", (webhook_id,)).fetchone()
+            return float(row[0]) if row and row[0] is not None else None
+
+        result: float | None = await self._write(op)
+        return result
+
     # --- traces ---------------------------------------------------------------------------------
     async def add_traces(self, records: Sequence[TraceRecord]) -> None:
         if not records:
@@ -744,22 +903,21 @@ class SqliteStore(Store):
             " FROM traces WHERE message_id = ? ORDER BY id",
             (message_id,),
         )
-        return [
-            TraceRecord(
-                tenant=r[0],
-                message_id=r[1],
-                job_id=r[2],
-                stage=r[3],
-                plugin=r[4],
-                attempt=r[5],
-                at=r[6],
-                duration_ms=r[7],
-                outcome=r[8],
-                status_code=r[9],
-                error=r[10],
-            )
-            for r in rows
-        ]
+        return [trace_from_row(r) for r in rows]
+
+    async def traces_for_jobs(self, job_ids: Sequence[str]) -> dict[str, list[TraceRecord]]:
+        if not job_ids:
+            return {}
+        ids = list(job_ids)
+        rows = await self._fetchall(
+            "SELECT tenant_id, message_id, job_id, stage, plugin, attempt, at, duration_ms, outcome, status_code, error"
+            f" FROM traces WHERE job_id IN ({','.join('?' * len(ids))}) ORDER BY id",
+            ids,
+        )
+        out: dict[str, list[TraceRecord]] = {}
+        for r in rows:
+            out.setdefault(r[2], []).append(trace_from_row(r))
+        return out
 
 
 def take_file_lock(path: str) -> int:
@@ -786,7 +944,7 @@ def _transaction(db: sqlite3.Connection, ops: list[WriteOp]) -> list[Any]:
     return results
 
 
-def _insert_job(db: sqlite3.Connection, job: NewJob, tenant: str, message_id: str, now: str) -> None:
+def _insert_job(db: sqlite3.Connection, job: NewJob, tenant: str, message_id: str | None, now: str) -> None:
     db.execute(
         "INSERT INTO jobs (id, tenant_id, kind, lane, message_id, status, attempts, max_attempts, run_at, payload,"
         " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?)",
@@ -818,3 +976,8 @@ def _split_sql(sql: str) -> list[str]:
     """Statements of a migration file (no semicolons inside our DDL literals)."""
     lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def advances(current: str, status: str) -> bool:
+    """Statuses only move forward; ``failed`` may still follow ``sent`` (a later delivery error)."""
+    return STATUS_RANK.get(status, 0) > STATUS_RANK.get(current, 0) or (status == "failed" and current == "sent")
