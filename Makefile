@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PLUGINS := plugins/omni-whatsapp-evolution plugins/omni-hive
+PLUGINS := plugins/omni-whatsapp-evolution plugins/omni-hive plugins/omni-slack plugins/omni-discord
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint typecheck check clean
@@ -26,7 +26,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy omni_core plugins/omni-whatsapp-evolution/omni_whatsapp_evolution plugins/omni-hive/omni_hive tests
+	$(BIN)/mypy omni_core plugins/omni-whatsapp-evolution/omni_whatsapp_evolution plugins/omni-hive/omni_hive plugins/omni-slack/omni_slack plugins/omni-discord/omni_discord tests
 
 check: lint typecheck test
 

@@ -181,3 +181,20 @@ def apply_change(message: Message, change: MessageChange) -> None:
     else:
         meta["edited"] = True
         meta["edited_text"] = change.text
+
+
+def shareable(message: Message) -> Message:
+    """A copy safe to show outside the hub: secret-named metadata (interaction tokens ...) redacted.
+
+    Channels keep what they need to answer (e.g. a Discord interaction token) in
+    ``content.metadata``; API readers, agents and tenant webhooks get ``"***"`` instead.
+    """
+    from omni_core.entities import redact
+
+    metadata = message.content.metadata
+    if not metadata:
+        return message
+    cleaned = redact(metadata)
+    if cleaned == metadata:
+        return message
+    return msgspec.structs.replace(message, content=msgspec.structs.replace(message.content, metadata=cleaned))

@@ -39,6 +39,7 @@ from omni_core.model import (
     Sender,
     StatusUpdate,
     iso,
+    shareable,
     utcnow,
 )
 from omni_core.outbound import split_enabled, split_outbound
@@ -352,9 +353,10 @@ class Pipeline:
         context = RouteContext(
             session_id=session_id_for(message.tenant, message.instance, message.chat.id),
             tenant={"id": tenant.id, "name": tenant.name, "config": strip_secrets(tenant.config)},
-            history=[m for m in history if m.id != message.id][-HISTORY_CONTEXT:],
+            history=[shareable(m) for m in history if m.id != message.id][-HISTORY_CONTEXT:],
         )
-        pending = self.pm.hook.omni_route(hub=self.hub, tenant=tenant, message=message, context=context)
+        # The agent sees the message without channel secrets kept in its metadata.
+        pending = self.pm.hook.omni_route(hub=self.hub, tenant=tenant, message=shareable(message), context=context)
         if pending is None:
             # No agent backend is enabled for this tenant: the message is kept, nothing forwarded.
             return None, lambda: self.store.finish_route(job, "received", [], iso(utcnow()))

@@ -18,7 +18,7 @@ from omni_core.entities import Instance
 from omni_core.errors import ApiError
 from omni_core.hub import Hub
 from omni_core.ids import new_id
-from omni_core.model import Chat, Content, ContentType, Media, Message, Sender, iso, utcnow
+from omni_core.model import Chat, Content, ContentType, Media, Message, Sender, iso, shareable, utcnow
 from omni_core.plugins import channels
 from omni_core.store.base import HistoryQuery
 
@@ -213,7 +213,7 @@ async def get_message(message_id: str, hub: Hub, principal: Principal) -> dict[s
         raise ApiError(404, "unknown_message", f"no message with id {message_id!r}")
     jobs = await hub.store.jobs_for_message(message_id)
     traces = await hub.store.traces_for_message(message_id)
-    out: dict[str, Any] = msgspec.to_builtins(message)
+    out: dict[str, Any] = msgspec.to_builtins(shareable(message))
     out["jobs"] = [j.public() for j in jobs]
     out["attempts"] = [
         {
@@ -288,6 +288,6 @@ async def history(
         )
     )
     return {
-        "messages": msgspec.to_builtins(page.messages),
+        "messages": msgspec.to_builtins([shareable(m) for m in page.messages]),
         "next_cursor": _cursor_encode(page.next_before_id) if page.next_before_id else None,
     }

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import omni_whatsapp_evolution.plugin as plugin
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from omni_whatsapp_evolution import plugin
 from omni_whatsapp_evolution.normalize import (
     disconnect_reason,
     file_size,

@@ -1,0 +1,1 @@
+"""Omni Hub channel plugin for Discord."""
