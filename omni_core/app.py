@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 
-from omni_core.api import instances, messages, system, tenants, webhooks
+from omni_core.api import instances, messages, observability, system, tenants, webhooks
 from omni_core.api.common import (
     api_error_handler,
     http_error_handler,
@@ -28,6 +29,7 @@ from omni_core.errors import ApiError
 from omni_core.hub import Hub
 from omni_core.pipeline import Pipeline
 from omni_core.plugins import make_plugin_manager
+from omni_core.retention import purge_loop
 from omni_core.store.base import Store
 from omni_core.store.factory import make_store
 from omni_core.webhook_route import WebhookRoute, mount_webhook_routes
@@ -60,6 +62,10 @@ CORE_ROUTES: list[Any] = [
     webhooks.delete_webhook,
     webhooks.list_deliveries,
     webhooks.replay_delivery,
+    observability.list_traces,
+    observability.message_trace,
+    observability.metrics,
+    observability.ready,
 ]
 
 
@@ -111,6 +117,7 @@ def create_app(
         await _maybe_await(pm.hook.omni_startup(hub=hub))
         if start_workers:
             await workers.start()
+        purger = asyncio.create_task(purge_loop(hub), name="omni-purge")
         # Everything allocated so far lives as long as the process: keep the collector off it.
         gc.collect()
         gc.freeze()
@@ -118,6 +125,9 @@ def create_app(
         try:
             yield
         finally:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
             if start_workers:
                 await workers.stop()
             await _maybe_await(pm.hook.omni_shutdown(hub=hub))

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"omni: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.trace_include_sensitive)
     if args.command == "migrate":
         from omni_core.store.sqlite import StoreLockedError
 

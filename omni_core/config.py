@@ -53,6 +53,16 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     webhook_secret_overlap_seconds: float = 24 * 3600
     #: Allow webhook URLs that resolve to private, loopback or link-local addresses.
     webhook_allow_private: bool = False
+    #: Record each message's pipeline stages (ENABLE_TRACING).
+    tracing_enabled: bool = True
+    #: Keep message text, numbers and addresses in traces and logs (TRACE_INCLUDE_SENSITIVE).
+    trace_include_sensitive: bool = False
+    trace_retention_days: float = 30.0
+    purge_interval_seconds: float = 3600.0
+    #: Label metrics by tenant (switch off for very many tenants: bounded cardinality).
+    metrics_tenant_label: bool = True
+    #: /health/ready fails when the oldest unfinished job is older than this.
+    ready_max_queue_age_seconds: float = 300.0
     log_level: str = "info"
     log_format: str = "auto"
     #: Entry-point names of installed plugins not to load; ``("*",)`` loads none.
@@ -197,6 +207,18 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         kw["webhook_secret_overlap_seconds"] = _float("OMNI_WEBHOOK_SECRET_OVERLAP_SECONDS", v, low=0, high=10**8)
     if (v := get("OMNI_WEBHOOK_ALLOW_PRIVATE")) is not None:
         kw["webhook_allow_private"] = _bool("OMNI_WEBHOOK_ALLOW_PRIVATE", v)
+    if (v := get("ENABLE_TRACING")) is not None:
+        kw["tracing_enabled"] = _bool("ENABLE_TRACING", v)
+    if (v := get("TRACE_INCLUDE_SENSITIVE")) is not None:
+        kw["trace_include_sensitive"] = _bool("TRACE_INCLUDE_SENSITIVE", v)
+    if (v := get("TRACE_RETENTION_DAYS")) is not None:
+        kw["trace_retention_days"] = _float("TRACE_RETENTION_DAYS", v, low=0.00001, high=36500)
+    if (v := get("OMNI_PURGE_INTERVAL_SECONDS")) is not None:
+        kw["purge_interval_seconds"] = _float("OMNI_PURGE_INTERVAL_SECONDS", v, low=0.1, high=86400)
+    if (v := get("OMNI_METRICS_TENANT_LABEL")) is not None:
+        kw["metrics_tenant_label"] = _bool("OMNI_METRICS_TENANT_LABEL", v)
+    if (v := get("OMNI_READY_MAX_QUEUE_AGE_SECONDS")) is not None:
+        kw["ready_max_queue_age_seconds"] = _float("OMNI_READY_MAX_QUEUE_AGE_SECONDS", v, low=1, high=10**7)
     if (v := get("OMNI_LOG_LEVEL")) is not None:
         if v.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"OMNI_LOG_LEVEL: expected debug, info, warning or error, got {v!r}")

@@ -18,7 +18,7 @@ disabled) and otherwise returns an *awaitable* that the hub awaits. They are
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -115,3 +115,13 @@ def omni_startup(hub: Hub) -> Awaitable[None] | None:
 @hookspec
 def omni_shutdown(hub: Hub) -> Awaitable[None] | None:
     """Called before the hub stops (close clients, stop background tasks)."""
+
+
+@hookspec
+def omni_health(hub: Hub) -> Awaitable[Mapping[str, Any]] | None:
+    """The plugin's own readiness check for ``GET /health/ready``.
+
+    Return an awaitable of ``{"status": "ok" | "error", ...details}`` (e.g. gateway connections
+    up, a credential still valid); ``None`` when the plugin has nothing to check. Keep it quick:
+    it runs on every readiness probe.
+    """

@@ -42,3 +42,17 @@ def new_ulid() -> str:
 def new_id(prefix: str) -> str:
     """Return ``prefix_`` followed by a fresh ULID: unique and sortable by creation time."""
     return f"{prefix}_{new_ulid()}"
+
+
+def id_time(hub_id: str) -> float | None:
+    """When a hub id was made (epoch seconds), from its ULID's first 10 characters; None if not an id."""
+    _, _, ulid = hub_id.rpartition("_")
+    if len(ulid) != 26:
+        return None
+    ms = 0
+    for char in ulid[:10]:
+        index = _CROCKFORD.find(char)
+        if index < 0:
+            return None
+        ms = ms * 32 + index
+    return ms / 1000

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import msgspec
 import structlog
 
 from omni_core.entities import Instance, Tenant, strip_secrets
@@ -24,7 +25,8 @@ from omni_core.events import (
     status_event_jobs,
 )
 from omni_core.hub import IngestResult, RouteContext, session_id_for
-from omni_core.ids import new_id
+from omni_core.ids import id_time, new_id
+from omni_core.metrics import Metrics
 from omni_core.model import (
     AgentReply,
     Chat,
@@ -46,6 +48,7 @@ from omni_core.outbound import split_enabled, split_outbound
 from omni_core.pacing import MAX_RATE_LIMIT_DEFERRALS, Pacer, limits_for
 from omni_core.plugins import channels
 from omni_core.retry import RetryPolicy
+from omni_core.sanitize import scrub_text
 from omni_core.store.base import Job, NewJob, Store, TraceRecord
 from omni_core.webhook_delivery import WebhookSender
 
@@ -132,19 +135,25 @@ class Pipeline:
         self.on_enqueue: Callable[[], None] = lambda: None
         self.webhooks = WebhookSender(self)
         self.pacer = Pacer()
+        self.metrics = Metrics(tenant_label=settings.metrics_tenant_label)
 
     # --- ingest ---------------------------------------------------------------------------------
     async def ingest(self, channel: str, tenant: Tenant, payload: Any, instance_name: str | None) -> IngestResult:
+        received_at = iso(utcnow())
         instance = await self._known_instance(channel, tenant, instance_name)
+        started = time.perf_counter()
         try:
             events = self.pm.hook.omni_normalize(channel=channel, tenant=tenant, instance=instance, payload=payload)
         except ValueError as exc:
             raise ApiError(400, "invalid_payload", str(exc)) from None
+        normalize_ms = round((time.perf_counter() - started) * 1000, 3)
+        ingest = IngestTiming(received_at=received_at, normalize_ms=normalize_ms)
         if events is None:
             raise ApiError(404, "unknown_channel", f"no plugin normalizes channel {channel!r}")
         if instance is None and instance_name is not None and any(not isinstance(e, Ignored) for e in events):
             instance = await self.register_instance(channel, tenant, instance_name)
-        results = [await self.store_event(channel, tenant, instance, event) for event in events]
+        results = [await self.store_event(channel, tenant, instance, event, ingest) for event in events]
+        self.metrics.ack_latency.labels(channel).observe(time.perf_counter() - started + normalize_ms / 1000)
         if not results:
             return IngestResult(status="ignored", reason="no events in payload")
         # A webhook carries one event in practice; when several, the first message decides the answer.
@@ -186,7 +195,14 @@ class Pipeline:
         log.info("instance_registered_from_webhook", tenant=tenant.id, instance=name, channel=channel)
         return created
 
-    async def store_event(self, channel: str, tenant: Tenant, instance: Instance | None, event: Any) -> IngestResult:
+    async def store_event(
+        self,
+        channel: str,
+        tenant: Tenant,
+        instance: Instance | None,
+        event: Any,
+        ingest: IngestTiming | None = None,
+    ) -> IngestResult:
         """Store one normalized event (a message, status, instance update, change) with its jobs."""
         now = iso(utcnow())
         if isinstance(event, Message):
@@ -205,7 +221,11 @@ class Pipeline:
             elif event.status in ("received", "queued", "processing"):
                 event.status = "sent"  # our own message, sent from the phone or another client
             events = message_event_jobs(await self.store.list_webhooks(tenant.id), event, self.webhook_attempts)
-            outcome = await self.store.insert_message(event, job, now, events)
+            traces = self._ingest_traces(tenant.id, channel, ingest or IngestTiming(received_at=now), now)
+            outcome = await self.store.insert_message(event, job, now, events, traces)
+            if event.direction == "inbound":
+                counter = self.metrics.received if outcome.accepted else self.metrics.duplicates
+                counter.labels(*self.metrics.labels(channel, tenant.id)).inc()
             if outcome.accepted and events and job is None:
                 self.on_enqueue()
             if outcome.accepted and job is not None:
@@ -226,6 +246,11 @@ class Pipeline:
             self.on_enqueue()
             if message_id is None:
                 return IngestResult(status="ignored", reason="status update for an unknown message")
+            await self._record(
+                self._row(
+                    tenant.id, "status_update", event.status, message_id=message_id, plugin=channel, error=event.error
+                )
+            )
             return IngestResult(status="updated", id=message_id)
         if isinstance(event, InstanceUpdate):
             if instance is None:
@@ -330,7 +355,7 @@ class Pipeline:
             else:
                 plugin, finish = await self._deliver(job)
             # The attempt's record first, then the state change: whoever sees the outcome sees its attempt.
-            await self._trace(job, stage, "ok", plugin, started, None, None)
+            await self.trace_attempt(job, stage, "ok", plugin, started, None, None)
             await finish()
             self.pacer.forget(job.id)
         except Paced as paced:
@@ -359,9 +384,27 @@ class Pipeline:
         pending = self.pm.hook.omni_route(hub=self.hub, tenant=tenant, message=shareable(message), context=context)
         if pending is None:
             # No agent backend is enabled for this tenant: the message is kept, nothing forwarded.
+            await self._record(self._row(job.tenant, "routed", "no_backend", message_id=message.id, job=job))
             return None, lambda: self.store.finish_route(job, "received", [], iso(utcnow()))
-        reply: AgentReply = await pending
+        await self._record(self._row(job.tenant, "routed", "ok", message_id=message.id, job=job))
+        called = time.perf_counter()
+        try:
+            reply: AgentReply = await pending
+        except Exception:
+            self.metrics.agent_latency.labels("agent", "error").observe(time.perf_counter() - called)
+            raise
+        self.metrics.agent_latency.labels(reply.backend, "ok").observe(time.perf_counter() - called)
         items = await self._outbound_items(reply_messages(message, reply, message.source))
+        await self._record(
+            self._row(
+                job.tenant,
+                "agent_response",
+                f"replies:{len(items)}",
+                message_id=message.id,
+                job=job,
+                plugin=reply.backend,
+            )
+        )
         return reply.backend, lambda: self.store.finish_route(job, "forwarded", items, iso(utcnow()))
 
     async def _deliver(self, job: Job) -> tuple[str | None, Finish]:
@@ -387,6 +430,11 @@ class Pipeline:
             message.external_id = receipt.external_id
         webhooks = await self.store.list_webhooks(message.tenant)
         events = status_event_jobs(webhooks, message, self.webhook_attempts)
+        self.metrics.sent.labels(*self.metrics.labels(instance.channel, message.tenant)).inc()
+        answered = message.content.metadata.get("in_reply_to")
+        arrived = id_time(answered) if isinstance(answered, str) else None
+        if arrived is not None:
+            self.metrics.end_to_end.labels(instance.channel).observe(max(0.0, time.time() - arrived))
         return instance.channel, lambda: self.store.finish_deliver(
             job, receipt.external_id, receipt.status, iso(utcnow()), events
         )
@@ -413,18 +461,23 @@ class Pipeline:
             chat_id = job.lane.rsplit("\x1f", 1)[-1]
             self.pacer.pause(pace_key(job), chat_id, exc.scope, retry_after)
             if self.pacer.note_deferral(job.id) <= MAX_RATE_LIMIT_DEFERRALS:
-                await self._trace(job, stage, "rate_limited", plugin, started, status_code, error)
+                await self.trace_attempt(job, stage, "rate_limited", plugin, started, status_code, error)
                 await self.store.defer(job, time.time() + retry_after, now)
                 return
         if permanent or self.policy.exhausted(job.attempts, job.max_attempts):
             message_status: MessageStatus = "failed" if permanent else "dead"
             # The attempt's record first, then the state change: whoever sees the outcome sees its attempt.
-            await self._trace(job, stage, "dead", plugin, started, status_code, error)
+            await self.trace_attempt(job, stage, "dead", plugin, started, status_code, error)
+            reason = "permanent" if permanent else "exhausted"
+            await self._record(self._row(job.tenant, message_status, reason, job=job, error=error))
+            self.metrics.dead.labels(job.kind).inc()
+            channel = job.lane.split("\x1f", 1)[0] if job.kind != "webhook" else "webhook"
+            self.metrics.failed.labels(*self.metrics.labels(channel, job.tenant), reason).inc()
             await self.store.bury(job, error, message_status, now, await self._dead_events(job, error, message_status))
             bound.warning("job_dead", error=error, attempts=job.attempts, permanent=permanent)
             return
         delay = self.policy.delay(job.attempts, retry_after)
-        await self._trace(job, stage, "retry", plugin, started, status_code, error)
+        await self.trace_attempt(job, stage, "retry", plugin, started, status_code, error)
         await self.store.retry_later(job, error, time.time() + delay, now)
         bound.info("job_retry", error=error, attempt=job.attempts, delay_s=round(delay, 3))
 
@@ -441,7 +494,7 @@ class Pipeline:
             events += status_event_jobs(webhooks, message, self.webhook_attempts)
         return events
 
-    async def _trace(
+    async def trace_attempt(
         self,
         job: Job,
         stage: str,
@@ -451,26 +504,75 @@ class Pipeline:
         status_code: int | None,
         error: str | None,
     ) -> None:
-        try:
-            await self.store.add_traces(
-                [
-                    TraceRecord(
-                        tenant=job.tenant,
-                        message_id=job.message_id,
-                        job_id=job.id,
-                        stage=stage,
-                        plugin=plugin,
-                        attempt=job.attempts,
-                        at=iso(utcnow()),
-                        duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                        outcome=outcome,
-                        status_code=status_code,
-                        error=error,
-                    )
-                ]
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        self.metrics.attempts.labels(job.kind, outcome).inc()
+        await self._record(
+            self._row(
+                job.tenant,
+                stage,
+                outcome,
+                job=job,
+                plugin=plugin,
+                duration_ms=duration_ms,
+                status_code=status_code,
+                error=error,
             )
+        )
+
+    def _row(
+        self,
+        tenant: str,
+        stage: str,
+        outcome: str,
+        *,
+        message_id: str | None = None,
+        job: Job | None = None,
+        plugin: str | None = None,
+        duration_ms: float | None = None,
+        status_code: int | None = None,
+        error: str | None = None,
+        at: str | None = None,
+    ) -> TraceRecord:
+        """One trace row; error texts lose end-user data unless TRACE_INCLUDE_SENSITIVE is on."""
+        if error is not None and not self.settings.trace_include_sensitive:
+            error = scrub_text(error)
+        return TraceRecord(
+            tenant=tenant,
+            message_id=message_id if message_id is not None else (job.message_id if job else None),
+            job_id=job.id if job else None,
+            stage=stage,
+            plugin=plugin,
+            attempt=job.attempts if job else None,
+            at=at or iso(utcnow()),
+            duration_ms=duration_ms,
+            outcome=outcome,
+            status_code=status_code,
+            error=error,
+        )
+
+    async def _record(self, *rows: TraceRecord) -> None:
+        if not self.settings.tracing_enabled:
+            return
+        try:
+            await self.store.add_traces(rows)
         except Exception:  # traces are diagnostics; never let them fail a job
-            log.exception("trace_write_failed", job_id=job.id)
+            log.exception("trace_write_failed")
+
+    def _ingest_traces(self, tenant: str, channel: str, ingest: IngestTiming, now: str) -> list[TraceRecord]:
+        """received -> normalized -> deduplicated, written with the message (same transaction)."""
+        if not self.settings.tracing_enabled:
+            return []
+        return [
+            self._row(tenant, "received", "ok", plugin=channel, at=ingest.received_at),
+            self._row(tenant, "normalized", "ok", plugin=channel, duration_ms=ingest.normalize_ms, at=now),
+            # The store sets the outcome (new / duplicate) when it knows.
+            self._row(tenant, "deduplicated", "pending", at=now),
+        ]
+
+
+class IngestTiming(msgspec.Struct, kw_only=True):
+    received_at: str
+    normalize_ms: float | None = None
 
 
 class Paced(Exception):

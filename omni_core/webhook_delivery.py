@@ -24,7 +24,7 @@ import structlog
 from omni_core import signing
 from omni_core.errors import ApiError
 from omni_core.model import iso, utcnow
-from omni_core.store.base import Job, TraceRecord
+from omni_core.store.base import Job
 
 if TYPE_CHECKING:
     from omni_core.pipeline import Pipeline
@@ -162,20 +162,4 @@ class WebhookSender:
         await self.pipeline.emit(webhook.tenant, "webhook.disabled", {**webhook.public(), "reason": reason})
 
     async def _trace(self, job: Job, outcome: str, status_code: int | None, started: float, error: str | None) -> None:
-        await self.pipeline.store.add_traces(
-            [
-                TraceRecord(
-                    tenant=job.tenant,
-                    message_id=job.message_id,
-                    job_id=job.id,
-                    stage="webhook",
-                    plugin=None,
-                    attempt=job.attempts,
-                    at=iso(utcnow()),
-                    duration_ms=round((time.perf_counter() - started) * 1000, 3),
-                    outcome=outcome,
-                    status_code=status_code,
-                    error=error,
-                )
-            ]
-        )
+        await self.pipeline.trace_attempt(job, "webhook", outcome, None, started, status_code, error)

@@ -22,6 +22,9 @@ from omni_core.model import Chat, Content, ContentType, Media, Message, Sender, 
 from omni_core.plugins import channels
 from omni_core.store.base import HistoryQuery
 
+#: Trace stages that are attempts of a job (the rest describe the pipeline: see /messages/{id}/trace).
+ATTEMPT_STAGES = frozenset({"agent_request", "deliver", "webhook"})
+
 
 class MediaIn(msgspec.Struct, forbid_unknown_fields=True):
     url: str
@@ -228,7 +231,7 @@ async def get_message(message_id: str, hub: Hub, principal: Principal) -> dict[s
             "error": t.error,
         }
         for t in traces
-        if t.job_id is not None
+        if t.stage in ATTEMPT_STAGES
     ]
     return out
 

@@ -168,11 +168,17 @@ class Store(ABC):
     # --- messages -------------------------------------------------------------------------------
     @abstractmethod
     async def insert_message(
-        self, message: Message, job: NewJob | None, now: str, extra_jobs: Sequence[NewJob] = ()
+        self,
+        message: Message,
+        job: NewJob | None,
+        now: str,
+        extra_jobs: Sequence[NewJob] = (),
+        traces: Sequence[TraceRecord] = (),
     ) -> InsertOutcome:
         """Store a message and (optionally) its jobs in one transaction.
 
-        ``extra_jobs`` (tenant webhook deliveries) are written only when the message is new.
+        ``extra_jobs`` (tenant webhook deliveries) are written only when the message is new;
+        ``traces`` always, against the stored message's id.
 
         Messages with an ``external_id`` are deduplicated on (tenant, instance, external_id):
         a repeat returns ``accepted=False`` with the stored message's id and writes nothing.
@@ -339,6 +345,23 @@ class Store(ABC):
 
     @abstractmethod
     async def traces_for_message(self, message_id: str) -> list[TraceRecord]: ...
+
+    @abstractmethod
+    async def query_traces(
+        self,
+        tenant: str | None,
+        message_id: str | None,
+        outcome: str | None,
+        since: str | None,
+        until: str | None,
+        limit: int,
+    ) -> list[TraceRecord]:
+        """Trace rows, newest first, filtered."""
+
+    @abstractmethod
+    async def purge(self, traces_before: str, jobs_before: str, messages_before: Mapping[str, str]) -> dict[str, int]:
+        """Delete traces and finished jobs older than the cut-offs, and each tenant's messages
+        older than its own cut-off (tenant -> ISO time); returns counts per table."""
 
     @abstractmethod
     async def traces_for_jobs(self, job_ids: Sequence[str]) -> dict[str, list[TraceRecord]]: ...

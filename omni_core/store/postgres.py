@@ -44,7 +44,9 @@ from omni_core.store.rows import (
     JOB_COLUMNS,
     JOB_COLUMNS_J,
     TENANT_COLUMNS,
+    TRACE_COLUMNS,
     WEBHOOK_COLUMNS,
+    ingest_trace_rows,
     instance_from_row,
     instance_row,
     job_from_row,
@@ -53,6 +55,7 @@ from omni_core.store.rows import (
     message_row,
     tenant_from_row,
     trace_from_row,
+    trace_row,
     webhook_from_row,
     webhook_row,
 )
@@ -67,6 +70,10 @@ CACHE_TTL_S = 30.0
 INSERT_MESSAGE_PG = (
     "INSERT INTO messages (id, tenant_id, instance, source, direction, external_id, chat_id, status,"
     " timestamp, created_at, updated_at, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+)
+INSERT_TRACE_PG = (
+    "INSERT INTO traces (tenant_id, message_id, job_id, stage, plugin, attempt, at, duration_ms, outcome,"
+    " status_code, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 )
 INSERT_JOB_PG = (
     "INSERT INTO jobs (id, tenant_id, kind, lane, message_id, status, attempts, max_attempts, run_at, payload,"
@@ -367,7 +374,12 @@ class PostgresStore(Store):
 
     # --- messages -------------------------------------------------------------------------------
     async def insert_message(
-        self, message: Message, job: NewJob | None, now: str, extra_jobs: Sequence[NewJob] = ()
+        self,
+        message: Message,
+        job: NewJob | None,
+        now: str,
+        extra_jobs: Sequence[NewJob] = (),
+        traces: Sequence[TraceRecord] = (),
     ) -> InsertOutcome:
         row = message_row(message, now)
         async with self._require_pool().acquire() as conn, conn.transaction():
@@ -381,10 +393,14 @@ class PostgresStore(Store):
                 )
                 if existing is None:
                     raise RuntimeError(f"message {message.id} could not be stored")
-                return InsertOutcome(accepted=False, id=existing)
-            for new_job in (job, *extra_jobs) if job is not None else extra_jobs:
-                await conn.execute(INSERT_JOB_PG, *_job_args(new_job, message.tenant, message.id, now))
-        return InsertOutcome(accepted=True, id=message.id)
+                outcome = InsertOutcome(accepted=False, id=existing)
+            else:
+                for new_job in (job, *extra_jobs) if job is not None else extra_jobs:
+                    await conn.execute(INSERT_JOB_PG, *_job_args(new_job, message.tenant, message.id, now))
+                outcome = InsertOutcome(accepted=True, id=message.id)
+            if traces:
+                await conn.executemany(INSERT_TRACE_PG, ingest_trace_rows(traces, outcome.id, outcome.accepted))
+        return outcome
 
     async def get_message(self, message_id: str) -> Message | None:
         row = await self._require_pool().fetchrow(
@@ -807,33 +823,57 @@ class PostgresStore(Store):
 
     # --- traces ---------------------------------------------------------------------------------
     async def add_traces(self, records: Sequence[TraceRecord]) -> None:
-        if not records:
-            return
-        await self._require_pool().executemany(
-            "INSERT INTO traces (tenant_id, message_id, job_id, stage, plugin, attempt, at, duration_ms, outcome,"
-            " status_code, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            [
-                (
-                    r.tenant,
-                    r.message_id,
-                    r.job_id,
-                    r.stage,
-                    r.plugin,
-                    r.attempt,
-                    r.at,
-                    r.duration_ms,
-                    r.outcome,
-                    r.status_code,
-                    r.error,
-                )
-                for r in records
-            ],
+        if records:
+            await self._require_pool().executemany(INSERT_TRACE_PG, [trace_row(r) for r in records])
+
+    async def query_traces(
+        self,
+        tenant: str | None,
+        message_id: str | None,
+        outcome: str | None,
+        since: str | None,
+        until: str | None,
+        limit: int,
+    ) -> list[TraceRecord]:
+        clauses: list[str] = ["TRUE"]
+        params: list[Any] = []
+        for column, op, value in (
+            ("tenant_id", "=", tenant),
+            ("message_id", "=", message_id),
+            ("outcome", "=", outcome),
+            ("at", ">=", since),
+            ("at", "<", until),
+        ):
+            if value is not None:
+                params.append(value)
+                clauses.append(f"{column} {op} ${len(params)}")
+        params.append(limit)
+        rows = await self._require_pool().fetch(
+            f"SELECT {TRACE_COLUMNS} FROM traces WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ${len(params)}",
+            *params,
         )
+        return [trace_from_row(r) for r in rows]
+
+    async def purge(self, traces_before: str, jobs_before: str, messages_before: Mapping[str, str]) -> dict[str, int]:
+        async with self._require_pool().acquire() as conn, conn.transaction():
+            traces = await conn.execute("DELETE FROM traces WHERE at < $1", traces_before)
+            jobs = await conn.execute(
+                "DELETE FROM jobs WHERE status IN ('done', 'dead') AND updated_at < $1", jobs_before
+            )
+            messages = 0
+            for tenant, cutoff in messages_before.items():
+                status = await conn.execute(
+                    "DELETE FROM messages WHERE tenant_id = $1 AND created_at < $2 AND NOT EXISTS"
+                    " (SELECT 1 FROM jobs j WHERE j.message_id = messages.id AND j.status IN ('queued', 'running'))",
+                    tenant,
+                    cutoff,
+                )
+                messages += int(status.split()[-1])
+        return {"traces": int(traces.split()[-1]), "jobs": int(jobs.split()[-1]), "messages": messages}
 
     async def traces_for_message(self, message_id: str) -> list[TraceRecord]:
         rows = await self._require_pool().fetch(
-            "SELECT tenant_id, message_id, job_id, stage, plugin, attempt, at, duration_ms, outcome, status_code, error"
-            " FROM traces WHERE message_id = $1 ORDER BY id",
+            f"SELECT {TRACE_COLUMNS} FROM traces WHERE message_id = $1 ORDER BY id",
             message_id,
         )
         return [trace_from_row(r) for r in rows]
@@ -842,8 +882,7 @@ class PostgresStore(Store):
         if not job_ids:
             return {}
         rows = await self._require_pool().fetch(
-            "SELECT tenant_id, message_id, job_id, stage, plugin, attempt, at, duration_ms, outcome, status_code, error"
-            " FROM traces WHERE job_id = ANY($1::text[]) ORDER BY id",
+            f"SELECT {TRACE_COLUMNS} FROM traces WHERE job_id = ANY($1::text[]) ORDER BY id",
             list(job_ids),
         )
         out: dict[str, list[TraceRecord]] = {}

@@ -191,3 +191,33 @@ def trace_from_row(r: Sequence[Any]) -> TraceRecord:
         status_code=r[9],
         error=r[10],
     )
+
+
+TRACE_COLUMNS = "tenant_id, message_id, job_id, stage, plugin, attempt, at, duration_ms, outcome, status_code, error"
+INSERT_TRACE = f"INSERT INTO traces ({TRACE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def trace_row(r: TraceRecord, message_id: str | None = None) -> tuple[Any, ...]:
+    return (
+        r.tenant,
+        message_id if message_id is not None else r.message_id,
+        r.job_id,
+        r.stage,
+        r.plugin,
+        r.attempt,
+        r.at,
+        r.duration_ms,
+        r.outcome,
+        r.status_code,
+        r.error,
+    )
+
+
+def ingest_trace_rows(traces: Sequence[TraceRecord], outcome_id: str, accepted: bool) -> list[tuple[Any, ...]]:
+    """Trace rows for a message insert: all against the stored id; dedup says what happened."""
+    rows = []
+    for t in traces:
+        if t.stage == "deduplicated":
+            t = msgspec.structs.replace(t, outcome="new" if accepted else "duplicate")
+        rows.append(trace_row(t, message_id=outcome_id))
+    return rows

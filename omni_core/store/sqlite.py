@@ -42,11 +42,14 @@ from omni_core.store.base import (
 )
 from omni_core.store.rows import (
     INSERT_MESSAGE,
+    INSERT_TRACE,
     INSTANCE_COLUMNS,
     JOB_COLUMNS,
     JOB_COLUMNS_J,
     TENANT_COLUMNS,
+    TRACE_COLUMNS,
     WEBHOOK_COLUMNS,
+    ingest_trace_rows,
     instance_from_row,
     instance_row,
     job_from_row,
@@ -55,6 +58,7 @@ from omni_core.store.rows import (
     message_row,
     tenant_from_row,
     trace_from_row,
+    trace_row,
     webhook_from_row,
     webhook_row,
 )
@@ -411,7 +415,12 @@ class SqliteStore(Store):
 
     # --- messages -------------------------------------------------------------------------------
     async def insert_message(
-        self, message: Message, job: NewJob | None, now: str, extra_jobs: Sequence[NewJob] = ()
+        self,
+        message: Message,
+        job: NewJob | None,
+        now: str,
+        extra_jobs: Sequence[NewJob] = (),
+        traces: Sequence[TraceRecord] = (),
     ) -> InsertOutcome:
         row = message_row(message, now)
 
@@ -424,10 +433,14 @@ class SqliteStore(Store):
                 ).fetchone()
                 if found is None:  # a message id collision: never expected with ULIDs
                     raise RuntimeError(f"message {message.id} could not be stored")
-                return InsertOutcome(accepted=False, id=found[0])
-            for new_job in (job, *extra_jobs) if job is not None else extra_jobs:
-                _insert_job(db, new_job, message.tenant, message.id, now)
-            return InsertOutcome(accepted=True, id=message.id)
+                outcome = InsertOutcome(accepted=False, id=found[0])
+            else:
+                for new_job in (job, *extra_jobs) if job is not None else extra_jobs:
+                    _insert_job(db, new_job, message.tenant, message.id, now)
+                outcome = InsertOutcome(accepted=True, id=message.id)
+            if traces:
+                db.executemany(INSERT_TRACE, ingest_trace_rows(traces, outcome.id, outcome.accepted))
+            return outcome
 
         result: InsertOutcome = await self._write(op)
         return result
@@ -871,36 +884,64 @@ class SqliteStore(Store):
     async def add_traces(self, records: Sequence[TraceRecord]) -> None:
         if not records:
             return
-        rows = [
-            (
-                r.tenant,
-                r.message_id,
-                r.job_id,
-                r.stage,
-                r.plugin,
-                r.attempt,
-                r.at,
-                r.duration_ms,
-                r.outcome,
-                r.status_code,
-                r.error,
-            )
-            for r in records
-        ]
+        rows = [trace_row(r) for r in records]
 
         def op(db: sqlite3.Connection) -> None:
-            db.executemany(
-                "INSERT INTO traces (tenant_id, message_id, job_id, stage, plugin, attempt, at, duration_ms, outcome,"
-                " status_code, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            db.executemany(INSERT_TRACE, rows)
 
         await self._write(op)
 
+    async def query_traces(
+        self,
+        tenant: str | None,
+        message_id: str | None,
+        outcome: str | None,
+        since: str | None,
+        until: str | None,
+        limit: int,
+    ) -> list[TraceRecord]:
+        clauses: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        for column, op, value in (
+            ("tenant_id", "=", tenant),
+            ("message_id", "=", message_id),
+            ("outcome", "=", outcome),
+            ("at", ">=", since),
+            ("at", "<", until),
+        ):
+            if value is not None:
+                clauses.append(f"{column} {op} ?")
+                params.append(value)
+        rows = await self._fetchall(
+            f"SELECT {TRACE_COLUMNS} FROM traces WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [trace_from_row(r) for r in rows]
+
+    async def purge(self, traces_before: str, jobs_before: str, messages_before: Mapping[str, str]) -> dict[str, int]:
+        def op(db: sqlite3.Connection) -> dict[str, int]:
+            counts = {
+                "traces": db.execute("DELETE FROM traces WHERE at < ?", (traces_before,)).rowcount,
+                "jobs": db.execute(
+                    "DELETE FROM jobs WHERE status IN ('done', 'dead') AND updated_at < ?", (jobs_before,)
+                ).rowcount,
+                "messages": 0,
+            }
+            for tenant, cutoff in messages_before.items():
+                # A message with unfinished work is kept until that work is done.
+                counts["messages"] += db.execute(
+                    "DELETE FROM messages WHERE tenant_id = ? AND created_at < ? AND NOT EXISTS"
+                    " (SELECT 1 FROM jobs j WHERE j.message_id = messages.id AND j.status IN ('queued', 'running'))",
+                    (tenant, cutoff),
+                ).rowcount
+            return counts
+
+        result: dict[str, int] = await self._write(op)
+        return result
+
     async def traces_for_message(self, message_id: str) -> list[TraceRecord]:
         rows = await self._fetchall(
-            "SELECT tenant_id, message_id, job_id, stage, plugin, attempt, at, duration_ms, outcome, status_code, error"
-            " FROM traces WHERE message_id = ? ORDER BY id",
+            f"SELECT {TRACE_COLUMNS} FROM traces WHERE message_id = ? ORDER BY id",
             (message_id,),
         )
         return [trace_from_row(r) for r in rows]
@@ -910,8 +951,7 @@ class SqliteStore(Store):
             return {}
         ids = list(job_ids)
         rows = await self._fetchall(
-            "SELECT tenant_id, message_id, job_id, stage, plugin, attempt, at, duration_ms, outcome, status_code, error"
-            f" FROM traces WHERE job_id IN ({','.join('?' * len(ids))}) ORDER BY id",
+            f"SELECT {TRACE_COLUMNS} FROM traces WHERE job_id IN ({','.join('?' * len(ids))}) ORDER BY id",
             ids,
         )
         out: dict[str, list[TraceRecord]] = {}
