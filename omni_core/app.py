@@ -27,6 +27,7 @@ from omni_core.auth import ADMIN_KEY_FILE, Authenticator, announce_admin_key, re
 from omni_core.config import Settings
 from omni_core.errors import ApiError
 from omni_core.hub import Hub
+from omni_core.otel import Telemetry
 from omni_core.pipeline import Pipeline
 from omni_core.plugins import make_plugin_manager
 from omni_core.retention import purge_loop
@@ -88,6 +89,7 @@ def create_app(
     start_workers = settings.workers > 0 if start_workers is None else start_workers
     store = store or make_store(settings)
     pipeline = Pipeline(settings, store, pm)
+    pipeline.telemetry = Telemetry.from_env()
     http = httpx.AsyncClient(
         timeout=httpx.Timeout(30.0, connect=5.0),
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
@@ -133,6 +135,7 @@ def create_app(
             await _maybe_await(pm.hook.omni_shutdown(hub=hub))
             await http.aclose()
             await store.close()
+            pipeline.telemetry.shutdown()
             log.info("hub_stopped")
 
     plugin_routes = [handler for group in pm.hook.omni_routes(hub=hub) for handler in (group or [])]

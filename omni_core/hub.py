@@ -34,6 +34,8 @@ class RouteContext(msgspec.Struct, kw_only=True):
     session_id: str
     tenant: dict[str, Any]
     history: list[Message]
+    #: W3C trace context of the hub's agent-call span (OpenTelemetry on), to send as ``traceparent``.
+    traceparent: str | None = None
 
 
 class IngestResult(msgspec.Struct, kw_only=True):

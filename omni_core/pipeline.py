@@ -44,6 +44,7 @@ from omni_core.model import (
     shareable,
     utcnow,
 )
+from omni_core.otel import Telemetry
 from omni_core.outbound import split_enabled, split_outbound
 from omni_core.pacing import MAX_RATE_LIMIT_DEFERRALS, Pacer, limits_for
 from omni_core.plugins import channels
@@ -136,18 +137,26 @@ class Pipeline:
         self.webhooks = WebhookSender(self)
         self.pacer = Pacer()
         self.metrics = Metrics(tenant_label=settings.metrics_tenant_label)
+        self.telemetry = Telemetry()
 
     # --- ingest ---------------------------------------------------------------------------------
     async def ingest(self, channel: str, tenant: Tenant, payload: Any, instance_name: str | None) -> IngestResult:
+        with self.telemetry.span("omni.webhook", channel=channel, tenant=tenant.id) as traceparent:
+            return await self._ingest(channel, tenant, payload, instance_name, traceparent)
+
+    async def _ingest(
+        self, channel: str, tenant: Tenant, payload: Any, instance_name: str | None, traceparent: str | None
+    ) -> IngestResult:
         received_at = iso(utcnow())
         instance = await self._known_instance(channel, tenant, instance_name)
         started = time.perf_counter()
         try:
-            events = self.pm.hook.omni_normalize(channel=channel, tenant=tenant, instance=instance, payload=payload)
+            with self.telemetry.span("omni.normalize", channel=channel):
+                events = self.pm.hook.omni_normalize(channel=channel, tenant=tenant, instance=instance, payload=payload)
         except ValueError as exc:
             raise ApiError(400, "invalid_payload", str(exc)) from None
         normalize_ms = round((time.perf_counter() - started) * 1000, 3)
-        ingest = IngestTiming(received_at=received_at, normalize_ms=normalize_ms)
+        ingest = IngestTiming(received_at=received_at, normalize_ms=normalize_ms, traceparent=traceparent)
         if events is None:
             raise ApiError(404, "unknown_channel", f"no plugin normalizes channel {channel!r}")
         if instance is None and instance_name is not None and any(not isinstance(e, Ignored) for e in events):
@@ -217,6 +226,7 @@ class Pipeline:
                     lane=lane_for("route", event.tenant, event.instance, event.chat.id),
                     max_attempts=self.policy.max_attempts,
                     run_at=time.time(),
+                    payload={"traceparent": ingest.traceparent} if ingest and ingest.traceparent else {},
                 )
             elif event.status in ("received", "queued", "processing"):
                 event.status = "sent"  # our own message, sent from the phone or another client
@@ -296,17 +306,18 @@ class Pipeline:
     def webhook_attempts(self) -> int:
         return len(self.settings.webhook_retry_schedule) + 1
 
-    def _deliver_job(self, message: Message) -> NewJob:
+    def _deliver_job(self, message: Message, traceparent: str | None = None) -> NewJob:
         return NewJob(
             id=new_id("job"),
             kind="deliver",
             lane=lane_for("deliver", message.tenant, message.instance, message.chat.id),
             max_attempts=self.policy.max_attempts,
             run_at=time.time(),
+            payload={"traceparent": traceparent} if traceparent else {},
         )
 
     async def _outbound_items(
-        self, messages: Sequence[Message], split: bool | None = None
+        self, messages: Sequence[Message], split: bool | None = None, traceparent: str | None = None
     ) -> list[tuple[Message, list[NewJob]]]:
         """Each outbound message (split into parts when the instance wants it) with its deliver job
         and its ``message.outbound`` deliveries."""
@@ -350,10 +361,13 @@ class Pipeline:
         plugin: str | None = None
         bound = log.bind(job_id=job.id, message_id=job.message_id, tenant=job.tenant, kind=job.kind)
         try:
-            if job.kind == "route":
-                plugin, finish = await self._route(job)
-            else:
-                plugin, finish = await self._deliver(job)
+            parent = job.payload.get("traceparent")
+            span_name = "omni.route" if job.kind == "route" else "omni.deliver"
+            with self.telemetry.span(span_name, parent=parent, job_id=job.id, message_id=job.message_id) as span:
+                if job.kind == "route":
+                    plugin, finish = await self._route(job, span)
+                else:
+                    plugin, finish = await self._deliver(job)
             # The attempt's record first, then the state change: whoever sees the outcome sees its attempt.
             await self.trace_attempt(job, stage, "ok", plugin, started, None, None)
             await finish()
@@ -367,7 +381,7 @@ class Pipeline:
         finally:
             self.on_enqueue()  # the lane's next job (if any) is runnable now
 
-    async def _route(self, job: Job) -> tuple[str | None, Finish]:
+    async def _route(self, job: Job, traceparent: str | None = None) -> tuple[str | None, Finish]:
         """Hand the message to the agent; returns the backend and the store update that completes the job."""
         message, tenant = await self._load(job)
         if not routable(message):
@@ -381,29 +395,24 @@ class Pipeline:
             history=[shareable(m) for m in history if m.id != message.id][-HISTORY_CONTEXT:],
         )
         # The agent sees the message without channel secrets kept in its metadata.
-        pending = self.pm.hook.omni_route(hub=self.hub, tenant=tenant, message=shareable(message), context=context)
-        if pending is None:
-            # No agent backend is enabled for this tenant: the message is kept, nothing forwarded.
-            await self._record(self._row(job.tenant, "routed", "no_backend", message_id=message.id, job=job))
-            return None, lambda: self.store.finish_route(job, "received", [], iso(utcnow()))
-        await self._record(self._row(job.tenant, "routed", "ok", message_id=message.id, job=job))
-        called = time.perf_counter()
-        try:
-            reply: AgentReply = await pending
-        except Exception:
-            self.metrics.agent_latency.labels("agent", "error").observe(time.perf_counter() - called)
-            raise
+        with self.telemetry.span("omni.agent", tenant=tenant.id, message_id=message.id) as agent_span:
+            context.traceparent = agent_span
+            pending = self.pm.hook.omni_route(hub=self.hub, tenant=tenant, message=shareable(message), context=context)
+            if pending is None:
+                # No agent backend is enabled for this tenant: the message is kept, nothing forwarded.
+                await self._record(self._row(job.tenant, "routed", "no_backend", message_id=message.id, job=job))
+                return None, lambda: self.store.finish_route(job, "received", [], iso(utcnow()))
+            await self._record(self._row(job.tenant, "routed", "ok", message_id=message.id, job=job))
+            called = time.perf_counter()
+            try:
+                reply: AgentReply = await pending
+            except Exception:
+                self.metrics.agent_latency.labels("agent", "error").observe(time.perf_counter() - called)
+                raise
         self.metrics.agent_latency.labels(reply.backend, "ok").observe(time.perf_counter() - called)
-        items = await self._outbound_items(reply_messages(message, reply, message.source))
+        items = await self._outbound_items(reply_messages(message, reply, message.source), traceparent=traceparent)
         await self._record(
-            self._row(
-                job.tenant,
-                "agent_response",
-                f"replies:{len(items)}",
-                message_id=message.id,
-                job=job,
-                plugin=reply.backend,
-            )
+            self._row(job.tenant, "agent_response", f"replies:{len(items)}", job=job, plugin=reply.backend)
         )
         return reply.backend, lambda: self.store.finish_route(job, "forwarded", items, iso(utcnow()))
 
@@ -573,6 +582,7 @@ class Pipeline:
 class IngestTiming(msgspec.Struct, kw_only=True):
     received_at: str
     normalize_ms: float | None = None
+    traceparent: str | None = None
 
 
 class Paced(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -12,6 +13,7 @@ from tests.conftest import HubFactory
 from tests.e2e.helpers import history, post_webhook, setup_tenant, wait_status, wait_until
 from tests.fakes.evolution import FakeEvolution
 from tests.fakes.hive import FakeHive
+from tests.fakes.receiver import FakeReceiver
 from tests.hub_process import HubProcess
 
 PHONE = "5511955554444"
@@ -175,3 +177,21 @@ def test_tracing_can_be_switched_off(hub_factory: HubFactory, hive: FakeHive) ->
     inbound = post_webhook(hub, tenant, evo.upsert("acme-sales", "sem rastros")).json()["id"]
     wait_status(hub, inbound, "forwarded")
     assert stages(hub, inbound) == []
+
+
+def test_opentelemetry_spans_are_exported_and_reach_hive(
+    hub_factory: HubFactory, hive: FakeHive, receiver: FakeReceiver
+) -> None:
+    hub = hub_factory(
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url + "/otlp", OTEL_BSP_SCHEDULE_DELAY="100", OTEL_SERVICE_NAME="omni-test"
+    )
+    tenant = setup_tenant(hub)
+    post_webhook(hub, tenant, evo.upsert("acme-sales", "rastreado"))
+    hive.wait_for(1, timeout=10)
+    traceparent = hive.processed_requests()[0].headers.get("traceparent", "")
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", traceparent), traceparent
+    exported = receiver.wait_for(lambda: receiver.requests_to("/otlp/v1/traces"), timeout=10)
+    assert exported[0].headers["content-type"] == "application/x-protobuf"
+    # The agent call is a child of the webhook's trace: the trace id appears in the exported spans.
+    trace_id = bytes.fromhex(traceparent.split("-")[1])
+    assert any(trace_id in r.raw for r in receiver.requests_to("/otlp/v1/traces"))

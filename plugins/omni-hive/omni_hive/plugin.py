@@ -70,7 +70,9 @@ async def call_hive(
     url = target.process_url
     content = encode_body(build_body(target, tenant, message, context))
     try:
-        response = await http.post(url, content=content, headers=build_headers(target, message), timeout=target.timeout)
+        response = await http.post(
+            url, content=content, headers=build_headers(target, message, context), timeout=target.timeout
+        )
     except httpx.TimeoutException:
         raise TransientError(f"Hive at {_where(url)} timed out after {target.timeout:g}s") from None
     except httpx.UnsupportedProtocol:

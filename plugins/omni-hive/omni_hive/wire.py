@@ -109,10 +109,12 @@ def resolve_target(
     )
 
 
-def build_headers(target: HiveTarget, message: Message) -> dict[str, str]:
+def build_headers(target: HiveTarget, message: Message, context: RouteContext | None = None) -> dict[str, str]:
     headers = {"Content-Type": "application/json", "Idempotency-Key": message.id}
     if target.api_key:
         headers["Authorization"] = f"Bearer {target.api_key}"
+    if context is not None and context.traceparent:
+        headers["traceparent"] = context.traceparent  # W3C trace context: Hive joins the hub's trace
     return headers
 
 
