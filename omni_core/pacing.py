@@ -65,6 +65,10 @@ def limits_for(channel: str, config: Mapping[str, Any]) -> PaceLimits:
 
 
 class TokenBucket:
+    """A token bucket that lends: a send that finds no token takes one on credit and learns when
+    its turn comes, so N waiting sends are spread over N/rate seconds instead of all retrying
+    together each time a single token frees up."""
+
     __slots__ = ("burst", "rate", "tokens", "updated")
 
     def __init__(self, rate: float, burst: int, now: float) -> None:
@@ -73,17 +77,12 @@ class TokenBucket:
         self.tokens = float(self.burst)
         self.updated = now
 
-    def _refill(self, now: float) -> None:
+    def take(self, now: float) -> float:
+        """Take a token; seconds until it is really available (0: now)."""
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
-
-    def wait(self, now: float) -> float:
-        """Seconds until a token is available (0: available now). Does not take it."""
-        self._refill(now)
-        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
-
-    def take(self) -> None:
         self.tokens -= 1
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
 class Pacer:
@@ -91,6 +90,8 @@ class Pacer:
         self._buckets: dict[tuple[str, ...], TokenBucket] = {}
         self._paused: dict[tuple[str, ...], float] = {}
         self._deferrals: dict[str, int] = {}
+        #: job id -> when its reserved turn comes (it already holds its tokens).
+        self._granted: dict[str, float] = {}
 
     def _bucket(self, key: tuple[str, ...], rate: float, burst: int, now: float) -> TokenBucket | None:
         if rate <= 0:
@@ -100,22 +101,27 @@ class Pacer:
             bucket = self._buckets[key] = TokenBucket(rate, burst, now)
         return bucket
 
-    def reserve(self, instance_id: str, chat_id: str, limits: PaceLimits, now: float | None = None) -> float:
-        """0 and a send slot taken, or the seconds to wait before trying again."""
+    def reserve(
+        self, instance_id: str, chat_id: str, limits: PaceLimits, now: float | None = None, job_id: str | None = None
+    ) -> float:
+        """0 when the send may go now, else the seconds until its turn (the turn is kept for ``job_id``)."""
         now = time.monotonic() if now is None else now
         instance_key, chat_key = (instance_id,), (instance_id, chat_id)
         paused = max(self._paused.get(instance_key, 0.0), self._paused.get(chat_key, 0.0))
         if paused > now:
             return paused - now
+        if job_id is not None and job_id in self._granted:
+            ready = self._granted[job_id]
+            if ready <= now + 0.001:
+                del self._granted[job_id]
+                return 0.0
+            return ready - now
         chat = self._bucket(chat_key, limits.per_chat_per_second, limits.per_chat_burst, now)
         account = self._bucket(instance_key, limits.per_instance_per_second, limits.per_instance_burst, now)
-        wait = max(chat.wait(now) if chat else 0.0, account.wait(now) if account else 0.0)
-        if wait > 0:
-            return wait
-        for bucket in (chat, account):
-            if bucket is not None:
-                bucket.take()
-        return 0.0
+        wait = max(chat.take(now) if chat else 0.0, account.take(now) if account else 0.0)
+        if wait > 0 and job_id is not None:
+            self._granted[job_id] = now + wait
+        return wait
 
     def pause(self, instance_id: str, chat_id: str, scope: Scope, seconds: float, now: float | None = None) -> None:
         """Hold sends to the instance (or only that chat) for ``seconds``, as the platform asked."""
@@ -130,3 +136,4 @@ class Pacer:
 
     def forget(self, job_id: str) -> None:
         self._deferrals.pop(job_id, None)
+        self._granted.pop(job_id, None)

@@ -422,7 +422,8 @@ class Pipeline:
         instance = await self.store.find_instance(tenant.id, message.instance)
         if instance is None:
             raise PermanentError(f"instance {message.instance!r} no longer exists")
-        wait = self.pacer.reserve(pace_key(job), message.chat.id, limits_for(instance.channel, instance.config))
+        limits = limits_for(instance.channel, instance.config)
+        wait = self.pacer.reserve(pace_key(job), message.chat.id, limits, job_id=job.id)
         if wait > 0:
             raise Paced(wait)
         pending = self.pm.hook.omni_deliver(hub=self.hub, instance=instance, message=message)

@@ -367,6 +367,11 @@ class Store(ABC):
     async def traces_for_jobs(self, job_ids: Sequence[str]) -> dict[str, list[TraceRecord]]: ...
 
 
+#: Claimed first: jobs that complete a message already in flight (its reply, its webhooks) ...
+FINISHING_KINDS = ("deliver", "webhook")
+#: ... then jobs that start new work (handing an inbound message to the agent).
+STARTING_KINDS = ("route",)
+
 #: How many candidates to look at per job wanted, so that tenants at their cap do not starve others.
 CLAIM_WINDOW = 4
 

@@ -29,6 +29,8 @@ from omni_core.entities import Instance, Tenant, TenantWebhook
 from omni_core.model import STATUS_RANK, Message, MessageChange, MessageStatus, apply_change, iso
 from omni_core.store.base import (
     CLAIM_WINDOW,
+    FINISHING_KINDS,
+    STARTING_KINDS,
     HistoryPage,
     HistoryQuery,
     InsertOutcome,
@@ -523,16 +525,20 @@ class PostgresStore(Store):
                 excluded,
                 limit,
             )
-            if len(rows) < limit:
+            # Work that completes a message first (replies, webhook deliveries), then new routing.
+            for kinds in FINISHING_KINDS, STARTING_KINDS:
+                if len(rows) >= limit:
+                    break
                 rows += await conn.fetch(
-                    f"SELECT {JOB_COLUMNS_J} FROM jobs j WHERE j.status = 'queued' AND j.run_at <= $1"
-                    " AND NOT (j.tenant_id = ANY($2::text[]))"
+                    f"SELECT {JOB_COLUMNS_J} FROM jobs j WHERE j.status = 'queued' AND j.kind = ANY($4::text[])"
+                    " AND j.run_at <= $1 AND NOT (j.tenant_id = ANY($2::text[]))"
                     " AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.lane = j.lane AND p.seq < j.seq"
                     " AND p.status IN ('queued', 'running'))"
                     " ORDER BY j.seq LIMIT $3 FOR UPDATE SKIP LOCKED",
                     now,
                     excluded,
                     (limit - len(rows)) * CLAIM_WINDOW,
+                    list(kinds),
                 )
             jobs = pick_within_share([job_from_row(r) for r in rows], limit, busy, tenant_cap)
             if not jobs:

@@ -30,6 +30,8 @@ from omni_core.entities import Instance, Tenant, TenantWebhook
 from omni_core.model import STATUS_RANK, Message, MessageChange, MessageStatus, apply_change, iso
 from omni_core.store.base import (
     CLAIM_WINDOW,
+    FINISHING_KINDS,
+    STARTING_KINDS,
     HistoryPage,
     HistoryQuery,
     InsertOutcome,
@@ -563,13 +565,17 @@ class SqliteStore(Store):
                 f"SELECT {JOB_COLUMNS_J} FROM jobs j WHERE j.status = 'running' AND j.lease_until < ?{skip} LIMIT ?",
                 (now, *excluded, limit),
             ).fetchall()
-            if len(rows) < limit:
+            # Work that completes a message first (replies, webhook deliveries), then new routing.
+            for kinds in FINISHING_KINDS, STARTING_KINDS:
+                if len(rows) >= limit:
+                    break
+                marks = ",".join("?" * len(kinds))
                 rows += db.execute(
-                    f"SELECT {JOB_COLUMNS_J} FROM jobs j INDEXED BY jobs_queued"
-                    " WHERE j.status = 'queued' AND j.run_at <= ?"
+                    f"SELECT {JOB_COLUMNS_J} FROM jobs j INDEXED BY jobs_queued_kind"
+                    f" WHERE j.status = 'queued' AND j.kind IN ({marks}) AND j.run_at <= ?"
                     " AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.lane = j.lane AND p.seq < j.seq"
                     f" AND p.status IN ('queued', 'running')){skip} ORDER BY j.seq LIMIT ?",
-                    (now, *excluded, (limit - len(rows)) * CLAIM_WINDOW),
+                    (*kinds, now, *excluded, (limit - len(rows)) * CLAIM_WINDOW),
                 ).fetchall()
             jobs = pick_within_share([job_from_row(row) for row in rows], limit, busy, tenant_cap)
             if not jobs:
