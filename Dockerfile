@@ -7,7 +7,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY omni_core ./omni_core
 COPY plugins ./plugins
-RUN pip install . ./plugins/omni-whatsapp-evolution ./plugins/omni-hive \
+RUN pip install ".[otel]" ./plugins/omni-whatsapp-evolution ./plugins/omni-hive ./plugins/omni-slack ./plugins/omni-discord \
     && useradd --system --home /var/lib/omni omni && mkdir -p /var/lib/omni && chown omni /var/lib/omni
 
 USER omni

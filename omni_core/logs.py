@@ -56,6 +56,10 @@ def scrub_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapp
 
 
 def configure_logging(level: str = "info", fmt: str = "auto", include_sensitive: bool = False) -> None:
+    # Client libraries log every request with its full URL (query strings, phone numbers in
+    # paths): keep them to warnings, which carry no request details.
+    for noisy in ("httpx", "httpcore", "discord", "slack_sdk", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)

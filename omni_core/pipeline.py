@@ -47,7 +47,6 @@ from omni_core.model import (
 from omni_core.otel import Telemetry
 from omni_core.outbound import split_enabled, split_outbound
 from omni_core.pacing import MAX_RATE_LIMIT_DEFERRALS, Pacer, limits_for
-from omni_core.plugins import channels
 from omni_core.retry import RetryPolicy
 from omni_core.sanitize import scrub_text
 from omni_core.store.base import Job, NewJob, Store, TraceRecord
@@ -148,6 +147,7 @@ class Pipeline:
         self, channel: str, tenant: Tenant, payload: Any, instance_name: str | None, traceparent: str | None
     ) -> IngestResult:
         received_at = iso(utcnow())
+        began = time.perf_counter()
         instance = await self._known_instance(channel, tenant, instance_name)
         started = time.perf_counter()
         try:
@@ -162,7 +162,7 @@ class Pipeline:
         if instance is None and instance_name is not None and any(not isinstance(e, Ignored) for e in events):
             instance = await self.register_instance(channel, tenant, instance_name)
         results = [await self.store_event(channel, tenant, instance, event, ingest) for event in events]
-        self.metrics.ack_latency.labels(channel).observe(time.perf_counter() - started + normalize_ms / 1000)
+        self.metrics.ack_latency.labels(channel).observe(time.perf_counter() - began)
         if not results:
             return IngestResult(status="ignored", reason="no events in payload")
         # A webhook carries one event in practice; when several, the first message decides the answer.
@@ -228,7 +228,7 @@ class Pipeline:
                     run_at=time.time(),
                     payload={"traceparent": ingest.traceparent} if ingest and ingest.traceparent else {},
                 )
-            elif event.status in ("received", "queued", "processing"):
+            elif event.direction == "outbound" and event.status in ("received", "queued", "processing"):
                 event.status = "sent"  # our own message, sent from the phone or another client
             events = message_event_jobs(await self.store.list_webhooks(tenant.id), event, self.webhook_attempts)
             traces = self._ingest_traces(tenant.id, channel, ingest or IngestTiming(received_at=now), now)
@@ -407,7 +407,7 @@ class Pipeline:
             try:
                 reply: AgentReply = await pending
             except Exception:
-                self.metrics.agent_latency.labels("agent", "error").observe(time.perf_counter() - called)
+                self.metrics.agent_latency.labels("unknown", "error").observe(time.perf_counter() - called)
                 raise
         self.metrics.agent_latency.labels(reply.backend, "ok").observe(time.perf_counter() - called)
         items = await self._outbound_items(reply_messages(message, reply, message.source), traceparent=traceparent)
@@ -428,8 +428,8 @@ class Pipeline:
             raise Paced(wait)
         pending = self.pm.hook.omni_deliver(hub=self.hub, instance=instance, message=message)
         if pending is None:
-            if instance.channel in channels(self.pm):
-                raise PermanentError(f"the {instance.channel!r} plugin cannot deliver this message")
+            if instance.state != "custom":
+                raise PermanentError(f"no installed plugin delivers on channel {instance.channel!r}")
             # A custom channel (messages injected through /messages/unified): the tenant's own
             # system delivers it, from the message.outbound webhook event it already got.
             receipt = DeliveryReceipt(external_id=None, status="sent")
@@ -481,8 +481,7 @@ class Pipeline:
             reason = "permanent" if permanent else "exhausted"
             await self._record(self._row(job.tenant, message_status, reason, job=job, error=error))
             self.metrics.dead.labels(job.kind).inc()
-            channel = job.lane.split("\x1f", 1)[0] if job.kind != "webhook" else "webhook"
-            self.metrics.failed.labels(*self.metrics.labels(channel, job.tenant), reason).inc()
+            self.metrics.failed.labels(*self.metrics.labels(job.kind, job.tenant), reason).inc()
             await self.store.bury(job, error, message_status, now, await self._dead_events(job, error, message_status))
             bound.warning("job_dead", error=error, attempts=job.attempts, permanent=permanent)
             return
@@ -496,11 +495,13 @@ class Pipeline:
         webhooks = await self.store.list_webhooks(job.tenant)
         if not any(w.enabled for w in webhooks):
             return []
-        message = await self.store.get_message(job.message_id) if job.message_id else None
+        stored = await self.store.get_message(job.message_id) if job.message_id else None
+        message = shareable(stored) if stored is not None else None
+        if message is not None and job.kind != "webhook":
+            message.status = message_status
         dead = {**job.public(), "status": "dead", "last_error": error}
         events = delivery_jobs(webhooks, JOB_DEAD, {"job": dead, "message": message}, self.webhook_attempts)
         if message is not None and job.kind == "deliver":
-            message.status = message_status
             events += status_event_jobs(webhooks, message, self.webhook_attempts)
         return events
 

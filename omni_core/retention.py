@@ -4,7 +4,6 @@ history past its own ``history_retention_days`` (tenant config; default: keep fo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -43,6 +42,8 @@ async def purge_once(hub: Hub, now: float | None = None) -> dict[str, int]:
 
 async def purge_loop(hub: Hub) -> None:
     while True:
-        with contextlib.suppress(Exception):
+        try:
             await purge_once(hub)
+        except Exception as exc:  # the next round tries again; the hub keeps serving
+            log.warning("purge_failed", error=type(exc).__name__)
         await asyncio.sleep(hub.settings.purge_interval_seconds)

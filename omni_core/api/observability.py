@@ -76,17 +76,17 @@ def _epoch(stamp: str) -> float:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-@get("/metrics", media_type="text/plain; version=0.0.4; charset=utf-8")
+@get("/metrics", media_type="text/plain; version=0.0.4")
 async def metrics(hub: Hub) -> Response[bytes]:
     """Prometheus text format. Queue gauges are refreshed at scrape (at most once a second)."""
     stats = await cached_queue_stats(hub)
     m = hub.pipeline.metrics
     m.queue_depth.set(stats["queued"] + stats["running"])
     m.dead_jobs.set(stats["dead"])
-    oldest = stats.get("oldest_created_at")
-    m.queue_oldest.set(max(0.0, time.time() - _epoch(oldest)) if oldest else 0.0)
+    due = stats.get("oldest_due_at")
+    m.queue_oldest.set(max(0.0, time.time() - due) if due else 0.0)
     m.set_instances(await hub.store.list_instances(None))
-    return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(m.render(), media_type="text/plain; version=0.0.4")
 
 
 @get("/health/ready")
@@ -105,8 +105,8 @@ async def ready(hub: Hub) -> Response[dict[str, Any]]:
             "expected": expected,
         }
         stats = await cached_queue_stats(hub)
-        oldest = stats.get("oldest_created_at")
-        age = max(0.0, time.time() - _epoch(oldest)) if oldest else 0.0
+        due = stats.get("oldest_due_at")  # jobs waiting for a scheduled retry are not "behind"
+        age = max(0.0, time.time() - due) if due else 0.0
         limit = hub.settings.ready_max_queue_age_seconds
         checks["queue"] = {
             "status": "ok" if age <= limit else "error",

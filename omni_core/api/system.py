@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Response, get, post
@@ -35,10 +34,9 @@ async def health(hub: Hub) -> Response[dict[str, Any]]:
         await hub.store.ping()
         stats = await cached_queue_stats(hub)
         checks["database"] = {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
-        oldest = stats.pop("oldest_created_at")
-        age = None
-        if oldest:
-            age = round((datetime.now(UTC) - datetime.fromisoformat(oldest.replace("Z", "+00:00"))).total_seconds(), 3)
+        stats.pop("oldest_created_at", None)
+        due = stats.pop("oldest_due_at", None)
+        age = round(max(0.0, time.time() - due), 3) if due else None
         checks["queue"] = {"status": "ok", "depth": stats["queued"] + stats["running"], **stats, "oldest_age_s": age}
     except Exception as exc:
         healthy = False

@@ -284,7 +284,11 @@ class Store(ABC):
 
     @abstractmethod
     async def queue_stats(self, now: float) -> dict[str, Any]:
-        """``{"queued", "running", "dead", "oldest_created_at"}`` (ISO time of the oldest unfinished job)."""
+        """``{"queued", "running", "dead", "oldest_created_at", "oldest_due_at"}``.
+
+        ``oldest_created_at``: ISO time of the oldest unfinished job; ``oldest_due_at``: epoch time
+        since which the longest-waiting runnable job has been due (None when none is waiting).
+        """
 
     @abstractmethod
     async def next_due(self) -> float | None:

@@ -681,7 +681,7 @@ class PostgresStore(Store):
                 row[14],
                 now,
             )
-            if row[5] is not None:
+            if row[5] is not None and row[3] != "webhook":  # a delivery reports on a message; it owns none
                 await conn.execute(
                     "UPDATE messages SET status = 'queued', error = NULL, updated_at = $1 WHERE id = $2", now, row[5]
                 )
@@ -710,6 +710,11 @@ class PostgresStore(Store):
             if status in ("queued", "running") and first:
                 oldest.append(first)
         stats["oldest_created_at"] = min(oldest) if oldest else None
+        # How long the longest-waiting runnable job has waited (jobs in backoff are not waiting).
+        due = await self._require_pool().fetchval(
+            "SELECT MIN(run_at) FROM jobs WHERE status = 'queued' AND run_at <= $1", now
+        )
+        stats["oldest_due_at"] = float(due) if due is not None else None
         return stats
 
     async def next_due(self) -> float | None:

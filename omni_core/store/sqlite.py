@@ -715,7 +715,7 @@ class SqliteStore(Store):
                 " VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?)",
                 (row[0], row[2], row[3], row[4], row[5], row[8], now_epoch, row[12], row[13], row[14], now),
             )
-            if row[5] is not None:
+            if row[5] is not None and row[3] != "webhook":  # a delivery reports on a message; it owns none
                 db.execute(
                     "UPDATE messages SET status = 'queued', error = NULL, updated_at = ? WHERE id = ?", (now, row[5])
                 )
@@ -745,6 +745,9 @@ class SqliteStore(Store):
             if status in ("queued", "running") and first:
                 oldest.append(first)
         stats["oldest_created_at"] = min(oldest) if oldest else None
+        # How long the longest-waiting runnable job has waited (jobs in backoff are not waiting).
+        due = await self._fetchone("SELECT MIN(run_at) FROM jobs WHERE status = 'queued' AND run_at <= ?", (now,))
+        stats["oldest_due_at"] = float(due[0]) if due and due[0] is not None else None
         return stats
 
     async def next_due(self) -> float | None:
