@@ -158,17 +158,28 @@ def test_tenant_label_can_be_switched_off(hub_factory: HubFactory, hive: FakeHiv
 
 
 def test_readiness_names_the_failing_check(hub_factory: HubFactory, hive: FakeHive) -> None:
-    hub = hub_factory(OMNI_READY_MAX_QUEUE_AGE_SECONDS="1", OMNI_RETRY_MAX_ATTEMPTS="50")
+    # One worker and a slow agent: runnable jobs wait longer than the readiness limit.
+    hub = hub_factory(OMNI_READY_MAX_QUEUE_AGE_SECONDS="1", OMNI_WORKERS="1")
     ok = httpx.get(hub.url + "/health/ready", timeout=5)
     assert ok.status_code == 200 and ok.json()["failing"] == []
     assert {"database", "migrations", "queue", "workers"} <= set(ok.json()["checks"])
     tenant = setup_tenant(hub)
-    hive.set_down(True)
-    post_webhook(hub, tenant, evo.upsert("acme-sales", "preso"))
+    hive.set_latency(4.0)
+    for n in range(3):
+        post_webhook(hub, tenant, evo.upsert("acme-sales", f"fila {n}", phone=f"551190000{n:04d}"))
     time.sleep(2.2)
     stuck = httpx.get(hub.url + "/health/ready", timeout=5)
     assert stuck.status_code == 503 and stuck.json()["failing"] == ["queue"]
     assert httpx.get(hub.url + "/health", timeout=5).status_code == 200  # liveness stays up
+
+
+def test_jobs_waiting_for_a_retry_do_not_fail_readiness(hub_factory: HubFactory, hive: FakeHive) -> None:
+    hub = hub_factory(OMNI_READY_MAX_QUEUE_AGE_SECONDS="1", OMNI_RETRY_BASE_SECONDS="5", OMNI_RETRY_MAX_SECONDS="5")
+    tenant = setup_tenant(hub)
+    hive.set_down(True)  # the job fails and waits seconds for its next attempt: scheduled, not stuck
+    post_webhook(hub, tenant, evo.upsert("acme-sales", "aguardando"))
+    time.sleep(2.2)
+    assert httpx.get(hub.url + "/health/ready", timeout=5).status_code == 200
 
 
 def test_tracing_can_be_switched_off(hub_factory: HubFactory, hive: FakeHive) -> None:
