@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PLUGINS := plugins/omni-whatsapp-evolution plugins/omni-hive plugins/omni-slack plugins/omni-discord
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck check clean
+.PHONY: install run test lint typecheck check bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ typecheck: install
 	$(BIN)/mypy omni_core plugins/omni-whatsapp-evolution/omni_whatsapp_evolution plugins/omni-hive/omni_hive plugins/omni-slack/omni_slack plugins/omni-discord/omni_discord tests
 
 check: lint typecheck test
+
+# Benchmarks (issue 3): run on demand, never part of `make test`; writes docs/performance.md.
+bench: install
+	command -v wrk >/dev/null 2>&1 || (apt-get install -y -qq wrk >/dev/null 2>&1 || true)
+	$(BIN)/python -m bench
 
 
 clean:

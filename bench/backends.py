@@ -64,11 +64,14 @@ class SqliteBackend:
 
     # --- building the history database -----------------------------------------------------------
     def _history_db(self, cache_dir: Path, tenants: int, per_tenant: int) -> Path:
-        key = _schema_fingerprint() + f"-{tenants}x{per_tenant}-v{BUILDER_VERSION}"
-        path = cache_dir / f"history-{hashlib.sha256(key.encode()).hexdigest()[:16]}.db"
+        schema = f"{_schema_fingerprint()}v{BUILDER_VERSION}"
+        path = cache_dir / f"history-{schema}-{tenants}x{per_tenant}.db"
         if path.exists():
             return path
         cache_dir.mkdir(parents=True, exist_ok=True)
+        for stale in cache_dir.glob("history-*.db"):
+            if not stale.name.startswith(f"history-{schema}-"):  # an older schema's: never used again (1+ GB)
+                stale.unlink()
         partial = path.with_suffix(".partial")
         for leftover in cache_dir.glob(partial.name + "*"):
             leftover.unlink()
@@ -77,9 +80,11 @@ class SqliteBackend:
         # The hub creates its own schema: the rows below then match whatever its migrations say.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOMAGIK_", "OMNI_"))}
         env["AUTOMAGIK_OMNI_SQLITE_DATABASE_PATH"] = str(partial)
-        subprocess.run(
-            [sys.executable, "-m", "omni_core", "migrate"], env=env, cwd=cache_dir, check=True, capture_output=True
+        done = subprocess.run(
+            [sys.executable, "-m", "omni_core", "migrate"], env=env, cwd=cache_dir, capture_output=True, text=True
         )
+        if done.returncode != 0:
+            raise RuntimeError(f"omni_core migrate failed ({done.returncode}): {(done.stderr or done.stdout)[-1500:]}")
         _fill_history(partial, tenants, per_tenant)
         for leftover in cache_dir.glob(partial.name + "*"):
             if leftover != partial:

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     selected = [name for name in SCENARIOS if not args.only or name in args.only]
     # SIGTERM takes the same path as Ctrl-C: the finally below stops every child process.
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)  # also when started in the background, where SIGINT is ignored
     workdir = scenarios.make_workdir()
     facts = report.machine_facts()
     facts["mode"] = "quick" if args.quick else "standard"
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             for scenario in selected:
                 log(f"scenario {scenario}")
                 t0 = time.monotonic()
+                others = procs.OthersMeter(fakes.proc.pid if fakes.proc else None)
                 try:
                     section = scenarios.RUNNERS[scenario](ctx)
                 except KeyboardInterrupt:
@@ -85,7 +87,15 @@ def main(argv: list[str] | None = None) -> int:
                     failures += 1
                     traceback.print_exc()
                     section = scenarios.failed_section(scenario, exc)
+                section.notes.extend(ctx.take_events())
                 section.raw["elapsed_s"] = round(time.monotonic() - t0, 1)
+                share = others.share()
+                section.raw["other_processes_cpu_share"] = round(share, 3)
+                if share >= 0.1:
+                    section.notes.append(
+                        f"machine busy: processes outside this benchmark used {100 * share:.0f}% of the machine's"
+                        " CPU during this scenario, so its figures are understated"
+                    )
                 log(f"scenario {scenario} done in {time.monotonic() - t0:.0f}s")
                 for check in section.checks:
                     verdict = "n/a" if check.passed is None else ("PASS" if check.passed else "MISS")
@@ -107,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     data = report.merge(json_path, fresh)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(data, indent=1) + "\n")
-    report.write(out, data)
+    report.write(out, data, json_path.name if out.parent == json_path.parent else str(json_path))
     log(f"wrote {out} and {json_path} in {time.monotonic() - started:.0f}s")
     return 1 if failures else 0
 

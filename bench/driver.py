@@ -18,13 +18,15 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from bench import payloads
 from bench.stats import percentiles
 
+T = TypeVar("T")
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 
@@ -275,16 +277,31 @@ class HttpConnection:
         self.port = port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.stale_retries = 0
 
     async def connect(self) -> None:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
 
     async def request(self, raw: bytes) -> tuple[int, bytes]:
-        if self.writer is None or self.writer.is_closing():
+        reused = self.writer is not None and not self.writer.is_closing()
+        if not reused:
             await self.connect()
         assert self.reader is not None and self.writer is not None
-        self.writer.write(raw)
-        head = await self.reader.readuntil(b"\r\n\r\n")
+        try:
+            self.writer.write(raw)
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            # The server closed an idle keep-alive connection (uvicorn: after 5 s) just as we reused it;
+            # nothing of an answer came back, so the request was not handled: resend on a fresh one,
+            # as every HTTP client does. A fresh connection failing is a real error.
+            if not reused or (isinstance(exc, asyncio.IncompleteReadError) and exc.partial):
+                raise
+            self.close()
+            self.stale_retries += 1
+            await self.connect()
+            assert self.reader is not None and self.writer is not None
+            self.writer.write(raw)
+            head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         lowered = head.lower()
         at = lowered.find(b"\r\ncontent-length:")
@@ -446,13 +463,21 @@ class FlowResult:
 
     label: str
     sent: int  # acknowledged webhooks sent in the measured window
-    ack_errors: int
+    ack_errors: int  # webhooks the hub did not answer with 200 (status or socket error)
     delivered_per_s: float  # replies that reached Evolution per second of the measured window
     replied: int  # measured-window messages whose reply arrived
     missing: int  # measured-window messages whose reply did not arrive before the driver gave up
     added_ms: dict[str, float]  # Evolution receive - webhook send - Hive's own time
     offered_per_s: float = 0.0
     max_send_lag_ms: float = 0.0
+    #: Replies were missing: their latency is counted as the time waited, so percentiles are lower bounds.
+    lower_bound: bool = False
+    #: Webhook acknowledgement latency (send -> 200) of the measured window.
+    ack_ms: dict[str, float] = field(default_factory=dict)
+    #: Open loop only: sends skipped because the driver already had ``max_connections`` webhooks unanswered.
+    skipped: int = 0
+    #: What the failed acknowledgements were: HTTP status, or the socket error's type name.
+    ack_failures: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -460,23 +485,28 @@ class FlowResult:
 
 def _flow_result(
     label: str,
-    sends: list[tuple[float, str]],
+    sends: list[tuple[float, str, float]],
     ack_errors: int,
     watch: ReplyWatch,
     window: tuple[float, float],
     offered: float = 0.0,
     lag: float = 0.0,
+    skipped: int = 0,
+    failures: dict[str, int] | None = None,
 ) -> FlowResult:
     lo, hi = window
-    texts = {text for _, text in sends}
+    cutoff = time.time()
+    texts = {text for _, text, _ in sends}
     delivered = sum(1 for text, (t, _) in watch.seen.items() if lo <= t <= hi and text in texts)
     added: list[float] = []
     missing = 0
-    measured = [(t, text) for t, text in sends if lo <= t <= hi]
+    measured = [(t, text) for t, text, _ in sends if lo <= t <= hi]
     for sent_at, text in measured:
         seen = watch.seen.get(text)
         if seen is None:
+            # Never delivered while the driver waited: leaving it out would flatter the percentiles.
             missing += 1
+            added.append((cutoff - sent_at) * 1000)
         else:
             added.append((seen[0] - sent_at - seen[1]) * 1000)
     return FlowResult(
@@ -484,11 +514,15 @@ def _flow_result(
         sent=len(measured),
         ack_errors=ack_errors,
         delivered_per_s=delivered / (hi - lo) if hi > lo else 0.0,
-        replied=len(added),
+        replied=len(measured) - missing,
         missing=missing,
         added_ms=_latency_summary(added),
         offered_per_s=offered,
         max_send_lag_ms=lag * 1000,
+        lower_bound=missing > 0,
+        ack_ms=_latency_summary([ack for t, _, ack in sends if lo <= t <= hi]),
+        skipped=skipped,
+        ack_failures=dict(failures or {}),
     )
 
 
@@ -503,8 +537,9 @@ async def e2e_closed_loop(
     reply_timeout_s: float = 30.0,
 ) -> FlowResult:
     """``concurrency`` conversations, each sending its next message once the previous reply was delivered."""
-    sends: list[tuple[float, str]] = []
+    sends: list[tuple[float, str, float]] = []
     errors = 0
+    failures: Counter[str] = Counter()
     start = time.time()
     end = start + warmup_s + duration_s
 
@@ -517,14 +552,17 @@ async def e2e_closed_loop(
             sent_at = time.time()
             try:
                 status, _ = await conn.request(raw)
-            except (OSError, asyncio.IncompleteReadError, ValueError):
+            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 status = 0
+                failures[type(exc).__name__] += 1
                 conn.close()
             if status != 200:
+                if status:
+                    failures[str(status)] += 1
                 errors += 1
                 watch.waiters.pop(text, None)
                 continue
-            sends.append((sent_at, text))
+            sends.append((sent_at, text, (time.time() - sent_at) * 1000))
             try:
                 await asyncio.wait_for(reply, max(0.1, min(reply_timeout_s, end + reply_timeout_s - time.time())))
             except TimeoutError:
@@ -532,7 +570,9 @@ async def e2e_closed_loop(
         conn.close()
 
     await asyncio.gather(*(conversation() for _ in range(concurrency)))
-    return _flow_result(f"closed c={concurrency}", sends, errors, watch, (start + warmup_s, end))
+    return _flow_result(
+        f"closed c={concurrency}", sends, errors, watch, (start + warmup_s, end), failures=dict(failures)
+    )
 
 
 @dataclass
@@ -557,28 +597,27 @@ async def open_loop(
 ) -> list[FlowResult]:
     """Send at fixed rates whatever the hub does (no coordinated omission); then wait ``settle_s`` for replies."""
     pool: list[HttpConnection] = []
-    opened = 0
     start = time.time() + 0.05
     end = start + warmup_s + duration_s
-    results: dict[str, dict[str, Any]] = {s.label: {"sends": [], "errors": 0, "lag": 0.0} for s in streams}
+    results: dict[str, dict[str, Any]] = {
+        s.label: {"sends": [], "errors": 0, "skipped": 0, "lag": 0.0, "failures": Counter()} for s in streams
+    }
     inflight: set[asyncio.Task[None]] = set()
 
     async def send(label: str, text: str, raw: bytes) -> None:
-        nonlocal opened
-        conn = pool.pop() if pool else None
-        if conn is None:
-            opened += 1
-            conn = HttpConnection(host, port)
+        conn = pool.pop() if pool else HttpConnection(host, port)
         sent_at = time.time()
         try:
             status, _ = await conn.request(raw)
-        except (OSError, asyncio.IncompleteReadError, ValueError):
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             status = 0
-            conn.close()
+            results[label]["failures"][type(exc).__name__] += 1
         if status == 200:
-            results[label]["sends"].append((sent_at, text))
+            results[label]["sends"].append((sent_at, text, (time.time() - sent_at) * 1000))
             pool.append(conn)
         else:
+            if status:
+                results[label]["failures"][str(status)] += 1
             results[label]["errors"] += 1
             conn.close()
 
@@ -594,8 +633,8 @@ async def open_loop(
                 await asyncio.sleep(delay)
             else:
                 state["lag"] = max(state["lag"], -delay)
-            if opened - len(pool) >= max_connections:  # the hub stopped answering: do not open sockets forever
-                state["errors"] += 1
+            if len(inflight) >= max_connections:  # the hub stopped answering: do not open sockets forever
+                state["skipped"] += 1
             else:
                 target = stream.targets[i % len(stream.targets)]
                 text, raw = source.next(target)
@@ -610,7 +649,7 @@ async def open_loop(
     # Wait for the replies of the measured window (bounded).
     deadline = time.time() + settle_s
     while time.time() < deadline:
-        pending = [text for s in results.values() for t, text in s["sends"] if t >= start + warmup_s]
+        pending = [text for s in results.values() for t, text, _ in s["sends"] if t >= start + warmup_s]
         if all(text in watch.seen for text in pending):
             break
         await asyncio.sleep(0.1)
@@ -625,12 +664,14 @@ async def open_loop(
             (start + warmup_s, end),
             offered=s.rate,
             lag=results[s.label]["lag"],
+            skipped=results[s.label]["skipped"],
+            failures=dict(results[s.label]["failures"]),
         )
         for s in streams
     ]
 
 
-def run_async(coro: Any) -> Any:
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run a driver coroutine on uvloop when available (lower per-request cost than the default loop)."""
     try:
         import uvloop

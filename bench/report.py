@@ -91,7 +91,7 @@ def _verdict(passed: bool | None) -> str:
     return "n/a" if passed is None else ("**PASS**" if passed else "**MISS**")
 
 
-def render(data: dict[str, Any]) -> str:
+def render(data: dict[str, Any], json_name: str) -> str:
     """The figures part of performance.md, from the merged JSON."""
     out: list[str] = [START, ""]
     for backend, scenarios in data["backends"].items():
@@ -129,14 +129,14 @@ def render(data: dict[str, Any]) -> str:
             if section["notes"]:
                 out.append("")
     out.append("Figures are medians of the repeated runs (each figure separately). Raw figures of every run:")
-    out.append("`docs/performance.json`.")
+    out.append(f"`{json_name}`.")
     out.append("")
     out.append(END)
     return "\n".join(out)
 
 
-def write(out_md: Path, data: dict[str, Any]) -> None:
-    figures = render(data)
+def write(out_md: Path, data: dict[str, Any], json_name: str) -> None:
+    figures = render(data, json_name)
     if out_md.exists():
         text = out_md.read_text()
         if START in text and END in text:
