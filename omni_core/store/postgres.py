@@ -56,10 +56,12 @@ from omni_core.store.rows import (
     message_from_row,
     message_row,
     tenant_from_row,
+    trace_conditions,
     trace_from_row,
     trace_row,
     webhook_from_row,
     webhook_row,
+    where,
 )
 from omni_core.store.sqlite import advances, migrations
 
@@ -846,22 +848,10 @@ class PostgresStore(Store):
         until: str | None,
         limit: int,
     ) -> list[TraceRecord]:
-        clauses: list[str] = ["TRUE"]
-        params: list[Any] = []
-        for column, op, value in (
-            ("tenant_id", "=", tenant),
-            ("message_id", "=", message_id),
-            ("outcome", "=", outcome),
-            ("at", ">=", since),
-            ("at", "<", until),
-        ):
-            if value is not None:
-                params.append(value)
-                clauses.append(f"{column} {op} ${len(params)}")
+        body, params = where(trace_conditions(tenant, message_id, outcome, since, until), lambda n: f"${n}")
         params.append(limit)
         rows = await self._require_pool().fetch(
-            f"SELECT {TRACE_COLUMNS} FROM traces WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ${len(params)}",
-            *params,
+            f"SELECT {TRACE_COLUMNS} FROM traces WHERE {body} ORDER BY id DESC LIMIT ${len(params)}", *params
         )
         return [trace_from_row(r) for r in rows]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -221,3 +221,29 @@ def ingest_trace_rows(traces: Sequence[TraceRecord], outcome_id: str, accepted: 
             t = msgspec.structs.replace(t, outcome="new" if accepted else "duplicate")
         rows.append(trace_row(t, message_id=outcome_id))
     return rows
+
+
+def where(conditions: Sequence[tuple[str, str, Any]], mark: Callable[[int], str]) -> tuple[str, list[Any]]:
+    """A WHERE body from (column, operator, value) triples, skipping None values.
+
+    ``mark(n)`` renders the n-th (1-based) placeholder in the dialect: ``?`` or ``$n``.
+    """
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, op, value in conditions:
+        if value is not None:
+            params.append(value)
+            clauses.append(f"{column} {op} {mark(len(params))}")
+    return " AND ".join(clauses) or "TRUE", params
+
+
+def trace_conditions(
+    tenant: str | None, message_id: str | None, outcome: str | None, since: str | None, until: str | None
+) -> list[tuple[str, str, Any]]:
+    return [
+        ("tenant_id", "=", tenant),
+        ("message_id", "=", message_id),
+        ("outcome", "=", outcome),
+        ("at", ">=", since),
+        ("at", "<", until),
+    ]

@@ -59,10 +59,12 @@ from omni_core.store.rows import (
     message_from_row,
     message_row,
     tenant_from_row,
+    trace_conditions,
     trace_from_row,
     trace_row,
     webhook_from_row,
     webhook_row,
+    where,
 )
 
 T = TypeVar("T")
@@ -909,21 +911,9 @@ class SqliteStore(Store):
         until: str | None,
         limit: int,
     ) -> list[TraceRecord]:
-        clauses: list[str] = ["1 = 1"]
-        params: list[Any] = []
-        for column, op, value in (
-            ("tenant_id", "=", tenant),
-            ("message_id", "=", message_id),
-            ("outcome", "=", outcome),
-            ("at", ">=", since),
-            ("at", "<", until),
-        ):
-            if value is not None:
-                clauses.append(f"{column} {op} ?")
-                params.append(value)
+        body, params = where(trace_conditions(tenant, message_id, outcome, since, until), lambda _: "?")
         rows = await self._fetchall(
-            f"SELECT {TRACE_COLUMNS} FROM traces WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?",
-            [*params, limit],
+            f"SELECT {TRACE_COLUMNS} FROM traces WHERE {body} ORDER BY id DESC LIMIT ?", [*params, limit]
         )
         return [trace_from_row(r) for r in rows]
 
