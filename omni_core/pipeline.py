@@ -20,6 +20,7 @@ from omni_core.errors import ApiError, ExternalError, PermanentError, TransientE
 from omni_core.events import (
     INSTANCE_STATUS,
     JOB_DEAD,
+    MESSAGE_STATUS,
     delivery_jobs,
     message_event_jobs,
     status_event_jobs,
@@ -236,9 +237,7 @@ class Pipeline:
             if event.direction == "inbound":
                 counter = self.metrics.received if outcome.accepted else self.metrics.duplicates
                 counter.labels(*self.metrics.labels(channel, tenant.id)).inc()
-            if outcome.accepted and events and job is None:
-                self.on_enqueue()
-            if outcome.accepted and job is not None:
+            if outcome.accepted and (job is not None or events):
                 self.on_enqueue()
             return IngestResult(status="accepted" if outcome.accepted else "duplicate", id=outcome.id)
         if isinstance(event, StatusUpdate):
@@ -253,7 +252,8 @@ class Pipeline:
                 now,
                 lambda updated: status_event_jobs(webhooks, updated, self.webhook_attempts),
             )
-            self.on_enqueue()
+            if any(w.wants(MESSAGE_STATUS) for w in webhooks):
+                self.on_enqueue()  # a message.status delivery may have been queued
             if message_id is None:
                 return IngestResult(status="ignored", reason="status update for an unknown message")
             await self._record(
