@@ -1,4 +1,4 @@
-"""``python -m bench [--quick] [--only NAME ...] [--backend sqlite] [--out docs/performance.md]``."""
+"""``python -m bench [--quick] [--only NAME ...] [--backend sqlite postgres] [--out docs/performance.md]``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import procs, report, scenarios
-from bench.backends import BACKENDS
+from bench.backends import BACKENDS, BackendUnavailable
 from bench.scenarios import SCENARIOS, Context, Plan, log
 
 DEFAULT_OUT = Path("docs/performance.md")
@@ -26,7 +26,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only", nargs="+", choices=SCENARIOS, metavar="NAME", help=f"scenarios: {', '.join(SCENARIOS)}"
     )
-    parser.add_argument("--backend", nargs="+", choices=sorted(BACKENDS), default=["sqlite"])
+    parser.add_argument(
+        "--backend",
+        nargs="+",
+        choices=list(BACKENDS),
+        default=["sqlite"],
+        help="storage backends, each runs every selected scenario (postgres: the server at $OMNI_BENCH_POSTGRES_URL,"
+        " default postgresql://postgres@127.0.0.1:5432/postgres)",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -55,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         Path(tempfile.gettempdir()) / "omni-bench-quick" / "performance.md" if args.quick else DEFAULT_OUT
     )
     selected = [name for name in SCENARIOS if not args.only or name in args.only]
+    backends = {name: BACKENDS[name]() for name in dict.fromkeys(args.backend)}
+    for name, backend in backends.items():
+        try:
+            backend.check()
+        except BackendUnavailable as exc:
+            print(f"python -m bench: backend {name}: {exc}", file=sys.stderr)
+            return 2
     # SIGTERM takes the same path as Ctrl-C: the finally below stops every child process.
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)  # also when started in the background, where SIGINT is ignored
@@ -68,12 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fakes.start()
         log(f"fakes: Hive {fakes.hive_url}, Evolution {fakes.evolution_url}; work dir {workdir}")
-        for name in args.backend:
-            backend = BACKENDS[name]()
+        for name, backend in backends.items():
             ctx = Context(plan, backend, workdir / name, args.cache_dir, fakes)
             if args.asyncio_driver:
                 ctx.use_wrk = False
-            log(f"backend {name}; load generator: {'wrk' if ctx.use_wrk else 'asyncio driver'}")
+            log(f"backend {name}: {backend.describe()}; load generator: {'wrk' if ctx.use_wrk else 'asyncio driver'}")
+            meta = {**facts, "backend": backend.describe()}
+            informational = "" if name == report.TARGET_BACKEND else " (informational)"
             results: dict[str, Any] = {}
             for scenario in selected:
                 log(f"scenario {scenario}")
@@ -99,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"scenario {scenario} done in {time.monotonic() - t0:.0f}s")
                 for check in section.checks:
                     verdict = "n/a" if check.passed is None else ("PASS" if check.passed else "MISS")
-                    log(f"  {verdict}: {check.name} = {check.value} (target {check.target})")
-                results[scenario] = {"meta": facts, "section": section.as_dict()}
+                    log(f"  {verdict}{informational}: {check.name} = {check.value} (target {check.target})")
+                results[scenario] = {"meta": meta, "section": section.as_dict()}
             fresh["backends"][name] = results
     except KeyboardInterrupt:
         log("interrupted: stopping every process started")
@@ -108,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         fakes.stop()
         procs.stop_all()
+        for backend in backends.values():  # after the hubs: their databases are no longer in use
+            try:
+                backend.cleanup()
+            except (Exception, KeyboardInterrupt) as exc:
+                log(f"cleanup of backend {backend.name} failed: {type(exc).__name__}: {exc}")
         if args.keep:
             log(f"kept work dir {workdir}")
         else:

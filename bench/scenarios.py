@@ -847,6 +847,7 @@ def history(ctx: Context) -> Section:
     tally.add(hub)
     notes += tally.notes()
     shutil.rmtree(data_dir, ignore_errors=True)  # about 1 GB; the cached original stays
+    ctx.backend.discard(data_dir)  # the same for a database on a server
     rows = []
     checks = []
     for c in plan.history_levels:
