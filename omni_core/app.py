@@ -8,7 +8,6 @@ import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pluggy
 import structlog
 from litestar import Litestar
@@ -26,6 +25,7 @@ from omni_core.api.common import (
 from omni_core.auth import ADMIN_KEY_FILE, Authenticator, announce_admin_key, resolve_admin_key
 from omni_core.config import Settings
 from omni_core.errors import ApiError
+from omni_core.http_client import make_http_client
 from omni_core.hub import Hub
 from omni_core.otel import Telemetry
 from omni_core.pipeline import Pipeline
@@ -90,11 +90,7 @@ def create_app(
     store = store or make_store(settings)
     pipeline = Pipeline(settings, store, pm)
     pipeline.telemetry = Telemetry.from_env()
-    http = httpx.AsyncClient(
-        timeout=httpx.Timeout(30.0, connect=5.0),
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
-        headers={"user-agent": "omni-hub/0.1"},
-    )
+    http = make_http_client(settings)
     hub = Hub(settings, store, pm, http, pipeline)
     pipeline.hub = hub
     workers = WorkerPool(

@@ -36,6 +36,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     hive_api_key: str | None = None
     hive_timeout_seconds: float = 30.0
     max_body_bytes: int = 1024 * 1024
+    #: Outbound HTTP transport under the shared httpx client: "pooled" (omni_core.http_transport)
+    #: or "httpx" (httpx's own, also used whenever a proxy is configured in the environment).
+    http_transport: str = "pooled"
     workers: int = 50
     #: Most jobs of one tenant running at once; 0 means half of ``workers`` (at least 1).
     tenant_concurrency: int = 0
@@ -177,6 +180,10 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         raise ConfigError("HIVE_API_URL: required when OMNI_TO_HIVE_ENABLED=true")
     if (v := get("OMNI_MAX_BODY_BYTES")) is not None:
         kw["max_body_bytes"] = _int("OMNI_MAX_BODY_BYTES", v, low=1024, high=512 * 1024 * 1024)
+    if (v := get("OMNI_HTTP_TRANSPORT")) is not None:
+        if v.lower() not in ("pooled", "httpx"):
+            raise ConfigError(f"OMNI_HTTP_TRANSPORT: expected pooled or httpx, got {v!r}")
+        kw["http_transport"] = v.lower()
     if (v := get("OMNI_WORKERS")) is not None:
         kw["workers"] = _int("OMNI_WORKERS", v, low=0, high=10_000)
     if (v := get("OMNI_TENANT_CONCURRENCY")) is not None:

@@ -1,0 +1,70 @@
+"""The shared outbound client: transport choice and no cookies shared across tenants."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from omni_core.config import ConfigError, Settings, load_settings
+from omni_core.http_client import make_http_client
+from omni_core.http_transport import PooledTransport
+
+
+async def _cookie_server() -> tuple[asyncio.Server, int, list[bytes]]:
+    """Answers every request with Set-Cookie and records each request's head."""
+    heads: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            heads.append(head)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nSet-Cookie: session=tenant-a; Path=/\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, port, heads
+
+
+@pytest.mark.parametrize("transport", ["pooled", "httpx"])
+async def test_no_cookie_from_one_request_rides_on_the_next(transport: str) -> None:
+    server, port, heads = await _cookie_server()
+    client = make_http_client(Settings(http_transport=transport))
+    try:
+        first = await client.get(f"http://127.0.0.1:{port}/tenant-a")
+        assert first.headers["set-cookie"].startswith("session=")
+        await client.get(f"http://127.0.0.1:{port}/tenant-b")
+        assert len(heads) == 2
+        assert b"cookie:" not in heads[1].lower()
+        assert len(client.cookies.jar) == 0
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+def test_pooled_transport_is_the_default_without_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    client = make_http_client(Settings())
+    assert isinstance(client._transport, PooledTransport)
+    assert not client._mounts
+
+
+def test_a_proxy_in_the_environment_selects_httpx_own_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    client = make_http_client(Settings())
+    assert not isinstance(client._transport, PooledTransport)
+    # httpx routes https:// through the proxy it read from the environment.
+    assert [pattern.pattern for pattern in client._mounts] == ["https://"]
+
+
+def test_transport_setting_is_validated() -> None:
+    assert load_settings({"OMNI_HTTP_TRANSPORT": "HTTPX"}).http_transport == "httpx"
+    with pytest.raises(ConfigError, match="OMNI_HTTP_TRANSPORT"):
+        load_settings({"OMNI_HTTP_TRANSPORT": "curl"})
