@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
 import msgspec
@@ -50,7 +50,7 @@ from omni_core.outbound import split_enabled, split_outbound
 from omni_core.pacing import MAX_RATE_LIMIT_DEFERRALS, Pacer, limits_for
 from omni_core.retry import RetryPolicy
 from omni_core.sanitize import scrub_text
-from omni_core.store.base import Job, NewJob, Store, TraceRecord
+from omni_core.store.base import Finished, Job, Lease, NewJob, Store, TraceRecord
 from omni_core.webhook_delivery import WebhookSender
 
 if TYPE_CHECKING:
@@ -62,8 +62,16 @@ if TYPE_CHECKING:
 log = structlog.get_logger("omni.pipeline")
 
 HISTORY_CONTEXT = 10
-#: The store update that completes a job once its outside call succeeded.
-Finish = Callable[[], Awaitable[bool]]
+#: The store update that completes a job once its outside call succeeded, given the attempt's
+#: trace rows (written in the same transaction).
+Finish = Callable[[Sequence[TraceRecord]], Awaitable["Finished | bool"]]
+
+
+class HandOff(NamedTuple):
+    """The worker running a route job, ready to take the reply's deliver job straight away."""
+
+    owner: str
+    lease_seconds: float
 
 
 def lane_for(kind: str, tenant: str, instance: str, chat_id: str) -> str:
@@ -348,44 +356,54 @@ class Pipeline:
         return job
 
     # --- running one job --------------------------------------------------------------------------
-    async def run_job(self, job: Job) -> None:
-        """Run one leased job to an outcome: done, retry later, or dead. Never raises."""
+    async def run_job(self, job: Job, hand_off: HandOff | None = None) -> Job | None:
+        """Run one leased job to an outcome: done, retry later, or dead. Never raises.
+
+        Returns the job to run next on the same worker: the reply's deliver job, already leased
+        to ``hand_off``, when a route job finished and the chat had no send pending (or None).
+        """
         if job.kind == "webhook":
             try:
                 await self.webhooks.run(job)
             finally:
                 self.on_enqueue()
-            return
+            return None
         started = time.perf_counter()
         stage = "agent_request" if job.kind == "route" else "deliver"
         plugin: str | None = None
         bound = log.bind(job_id=job.id, message_id=job.message_id, tenant=job.tenant, kind=job.kind)
+        # Trace rows of this attempt, committed with its outcome (one write, not one per step).
+        traces: list[TraceRecord] = []
         try:
             parent = job.payload.get("traceparent")
             span_name = "omni.route" if job.kind == "route" else "omni.deliver"
             with self.telemetry.span(span_name, parent=parent, job_id=job.id, message_id=job.message_id) as span:
                 if job.kind == "route":
-                    plugin, finish = await self._route(job, span)
+                    plugin, finish = await self._route(job, traces, span, hand_off)
                 else:
                     plugin, finish = await self._deliver(job)
-            # The attempt's record first, then the state change: whoever sees the outcome sees its attempt.
-            await self.trace_attempt(job, stage, "ok", plugin, started, None, None)
-            await finish()
+            traces.append(self._attempt_row(job, stage, "ok", plugin, started, None, None))
+            done = await finish(traces if self.settings.tracing_enabled else ())
             self.pacer.forget(job.id)
+            return done.next_job if isinstance(done, Finished) else None
         except Paced as paced:
             # Over a send rate: wait in the queue (not an attempt, not a failure).
+            await self._record(*traces)
             await self.store.defer(job, time.time() + paced.seconds, iso(utcnow()))
         except Exception as exc:
+            await self._record(*traces)
             await self._failed(job, exc, stage, plugin, started, bound)
-            return
         finally:
             self.on_enqueue()  # the lane's next job (if any) is runnable now
+        return None
 
-    async def _route(self, job: Job, traceparent: str | None = None) -> tuple[str | None, Finish]:
+    async def _route(
+        self, job: Job, traces: list[TraceRecord], traceparent: str | None = None, hand_off: HandOff | None = None
+    ) -> tuple[str | None, Finish]:
         """Hand the message to the agent; returns the backend and the store update that completes the job."""
         message, tenant = await self._load(job)
         if not routable(message):
-            return None, lambda: self.store.finish_route(job, message.status, [], iso(utcnow()))
+            return None, lambda rows: self.store.finish_route(job, message.status, [], iso(utcnow()), rows)
         history = await self.store.recent_messages(
             message.tenant, message.instance, message.chat.id, HISTORY_CONTEXT + 1
         )
@@ -400,9 +418,9 @@ class Pipeline:
             pending = self.pm.hook.omni_route(hub=self.hub, tenant=tenant, message=shareable(message), context=context)
             if pending is None:
                 # No agent backend is enabled for this tenant: the message is kept, nothing forwarded.
-                await self._record(self._row(job.tenant, "routed", "no_backend", message_id=message.id, job=job))
-                return None, lambda: self.store.finish_route(job, "received", [], iso(utcnow()))
-            await self._record(self._row(job.tenant, "routed", "ok", message_id=message.id, job=job))
+                traces.append(self._row(job.tenant, "routed", "no_backend", message_id=message.id, job=job))
+                return None, lambda rows: self.store.finish_route(job, "received", [], iso(utcnow()), rows)
+            traces.append(self._row(job.tenant, "routed", "ok", message_id=message.id, job=job))
             called = time.perf_counter()
             try:
                 reply: AgentReply = await pending
@@ -411,10 +429,13 @@ class Pipeline:
                 raise
         self.metrics.agent_latency.labels(reply.backend, "ok").observe(time.perf_counter() - called)
         items = await self._outbound_items(reply_messages(message, reply, message.source), traceparent=traceparent)
-        await self._record(
-            self._row(job.tenant, "agent_response", f"replies:{len(items)}", job=job, plugin=reply.backend)
-        )
-        return reply.backend, lambda: self.store.finish_route(job, "forwarded", items, iso(utcnow()))
+        traces.append(self._row(job.tenant, "agent_response", f"replies:{len(items)}", job=job, plugin=reply.backend))
+
+        def finish(rows: Sequence[TraceRecord]) -> Awaitable[Finished]:
+            lease = Lease(hand_off.owner, time.time() + hand_off.lease_seconds) if hand_off else None
+            return self.store.finish_route(job, "forwarded", items, iso(utcnow()), rows, lease)
+
+        return reply.backend, finish
 
     async def _deliver(self, job: Job) -> tuple[str | None, Finish]:
         """Send the message on its channel; returns the channel and the store update that completes the job."""
@@ -445,14 +466,15 @@ class Pipeline:
         arrived = id_time(answered) if isinstance(answered, str) else None
         if arrived is not None:
             self.metrics.end_to_end.labels(instance.channel).observe(max(0.0, time.time() - arrived))
-        return instance.channel, lambda: self.store.finish_deliver(
-            job, receipt.external_id, receipt.status, iso(utcnow()), events
+        return instance.channel, lambda rows: self.store.finish_deliver(
+            job, receipt.external_id, receipt.status, iso(utcnow()), events, rows
         )
 
     async def _load(self, job: Job) -> tuple[Message, Tenant]:
         if job.message_id is None:
             raise PermanentError("job has no message")
-        message = await self.store.get_message(job.message_id)
+        # Usually loaded with the lease (claim or hand-off); read it only when it was not.
+        message = job.message if job.message is not None else await self.store.get_message(job.message_id)
         if message is None:
             raise PermanentError(f"message {job.message_id} no longer exists")
         tenant = await self.store.get_tenant(message.tenant)
@@ -515,19 +537,30 @@ class Pipeline:
         status_code: int | None,
         error: str | None,
     ) -> None:
+        await self._record(self._attempt_row(job, stage, outcome, plugin, started, status_code, error))
+
+    def _attempt_row(
+        self,
+        job: Job,
+        stage: str,
+        outcome: str,
+        plugin: str | None,
+        started: float,
+        status_code: int | None,
+        error: str | None,
+    ) -> TraceRecord:
+        """The trace row of one attempt (and its count in the metrics)."""
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
         self.metrics.attempts.labels(job.kind, outcome).inc()
-        await self._record(
-            self._row(
-                job.tenant,
-                stage,
-                outcome,
-                job=job,
-                plugin=plugin,
-                duration_ms=duration_ms,
-                status_code=status_code,
-                error=error,
-            )
+        return self._row(
+            job.tenant,
+            stage,
+            outcome,
+            job=job,
+            plugin=plugin,
+            duration_ms=duration_ms,
+            status_code=status_code,
+            error=error,
         )
 
     def _row(

@@ -17,7 +17,7 @@ import uuid
 
 import structlog
 
-from omni_core.pipeline import Pipeline
+from omni_core.pipeline import HandOff, Pipeline
 from omni_core.store.base import Job, Store
 
 log = structlog.get_logger("omni.worker")
@@ -139,18 +139,34 @@ class WorkerPool:
             await asyncio.wait_for(self._wake.wait(), seconds)
 
     async def _run(self, job: Job) -> None:
+        task = self._running[job.id]
+        current: Job | None = job
         try:
-            await self.pipeline.run_job(job)
-        except Exception:
-            log.exception("job_crashed", job_id=job.id)
+            while current is not None:
+                running = current
+                try:
+                    current = await self.pipeline.run_job(running, self._hand_off())
+                except Exception:
+                    log.exception("job_crashed", job_id=running.id)
+                    current = None
+                self._running.pop(running.id, None)
+                if current is not None:
+                    # The reply's deliver job, leased to us as the route job finished: same
+                    # tenant, same slot; the lease keeper now extends it.
+                    self._running[current.id] = task
         finally:
-            self._running.pop(job.id, None)
+            if current is not None:  # cancelled mid-job: that job keeps its lease (taken over after a restart)
+                self._running.pop(current.id, None)
             left = self._per_tenant.get(job.tenant, 1) - 1
             if left > 0:
                 self._per_tenant[job.tenant] = left
             else:
                 self._per_tenant.pop(job.tenant, None)
             self._wake.set()
+
+    def _hand_off(self) -> HandOff | None:
+        """Take over the reply's send when a route job finishes, unless shutting down."""
+        return None if self._stopping else HandOff(self.owner, self.lease_seconds)
 
     async def _keep_leases(self) -> None:
         """Extend the leases of jobs still running here, so a long agent call is not taken over."""

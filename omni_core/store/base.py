@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 
@@ -48,6 +48,9 @@ class Job(msgspec.Struct, kw_only=True):
     payload: dict[str, Any]
     created_at: str
     updated_at: str
+    #: The job's message as the store read it while leasing the job (claim or hand-off), so the
+    #: worker need not read it again; None when not loaded. Never part of the public form.
+    message: Message | None = None
 
     def public(self) -> dict[str, Any]:
         return {
@@ -61,6 +64,24 @@ class Job(msgspec.Struct, kw_only=True):
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
+
+
+class Lease(NamedTuple):
+    """Who holds a job, and until when (epoch seconds)."""
+
+    owner: str
+    until: float
+
+
+class Finished(msgspec.Struct, kw_only=True):
+    """What completing a route job did: ``ok`` (False when the lease was lost, nothing written),
+    and the reply's deliver job when it was leased straight to the same worker (hand-off)."""
+
+    ok: bool
+    next_job: Job | None = None
+
+    def __bool__(self) -> bool:
+        return self.ok
 
 
 class InsertOutcome(msgspec.Struct, kw_only=True):
@@ -236,7 +257,8 @@ class Store(ABC):
         counting the ``busy`` ones (tenant -> jobs this worker already runs).
 
         Jobs whose lease expired are runnable again (their worker died). The messages of the
-        claimed jobs move to ``processing`` in the same transaction.
+        claimed route and deliver jobs move to ``processing`` in the same transaction, and come
+        back loaded in ``Job.message``.
         """
 
     @abstractmethod
@@ -250,17 +272,30 @@ class Store(ABC):
         message_status: MessageStatus,
         replies: Sequence[tuple[Message, Sequence[NewJob]]],
         now: str,
-    ) -> bool:
-        """Complete a route job: mark it done, set the message status, store replies and their jobs.
+        traces: Sequence[TraceRecord] = (),
+        hand_off: Lease | None = None,
+    ) -> Finished:
+        """Complete a route job: mark it done, set the message status, store replies, their jobs
+        and the attempt's trace rows.
 
-        Atomic; False (and nothing written) when the job's lease was lost to another worker.
+        Atomic; not ok (and nothing written) when the job's lease was lost to another worker.
+        With ``hand_off``, the first reply's deliver job is stored already leased to that owner
+        when nothing else is pending in its lane, and returned as ``next_job`` (with its message)
+        so the worker sends the reply at once instead of claiming it again.
         """
 
     @abstractmethod
     async def finish_deliver(
-        self, job: Job, external_id: str | None, status: MessageStatus, now: str, extra_jobs: Sequence[NewJob] = ()
+        self,
+        job: Job,
+        external_id: str | None,
+        status: MessageStatus,
+        now: str,
+        extra_jobs: Sequence[NewJob] = (),
+        traces: Sequence[TraceRecord] = (),
     ) -> bool:
-        """Complete a deliver job: mark it done and record the platform's id and status."""
+        """Complete a deliver job: mark it done, record the platform's id and status and the
+        attempt's trace rows."""
 
     @abstractmethod
     async def retry_later(self, job: Job, error: str, run_at: float, now: str) -> bool:

@@ -31,10 +31,12 @@ from omni_core.store.base import (
     CLAIM_WINDOW,
     FINISHING_KINDS,
     STARTING_KINDS,
+    Finished,
     HistoryPage,
     HistoryQuery,
     InsertOutcome,
     Job,
+    Lease,
     NewJob,
     Store,
     TraceRecord,
@@ -53,6 +55,7 @@ from omni_core.store.rows import (
     instance_row,
     job_from_row,
     json_encode,
+    leased_job,
     message_from_row,
     message_row,
     tenant_from_row,
@@ -83,6 +86,34 @@ INSERT_JOB_PG = (
     "INSERT INTO jobs (id, tenant_id, kind, lane, message_id, status, attempts, max_attempts, run_at, payload,"
     " created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, $8, $9, $9)"
 )
+
+
+INSERT_LEASED_JOB_PG = (
+    "INSERT INTO jobs (id, tenant_id, kind, lane, message_id, status, attempts, max_attempts, run_at, payload,"
+    " created_at, updated_at, lease_owner, lease_until)"
+    " VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, $7, $8, $9, $9, $10, $11) RETURNING seq"
+)
+
+
+async def _hand_off(
+    conn: Any, replies: Sequence[tuple[Message, Sequence[NewJob]]], lease: Lease | None
+) -> NewJob | None:
+    """The first reply's deliver job, when it may be leased straight to ``lease`` (its lane has
+    nothing queued or running). A send another replica enqueues into the same chat at this very
+    moment may then run beside it: the two were concurrent anyway, neither waits on the other."""
+    if lease is None or not replies:
+        return None
+    message, jobs = replies[0]
+    lead = next((j for j in jobs if j.kind == "deliver"), None)
+    if lead is None:
+        return None
+    busy = await conn.fetchval(
+        "SELECT 1 FROM jobs WHERE lane = $1 AND status IN ('queued', 'running') LIMIT 1", lead.lane
+    )
+    if busy is not None:
+        return None
+    message.status = "processing"
+    return lead
 
 
 def _job_args(job: NewJob, tenant: str, message_id: str | None, now: str) -> tuple[Any, ...]:
@@ -555,11 +586,17 @@ class PostgresStore(Store):
             )
             message_ids = [j.message_id for j in jobs if j.message_id is not None and j.kind != "webhook"]
             if message_ids:
-                await conn.execute(
-                    "UPDATE messages SET status = 'processing', updated_at = $1 WHERE id = ANY($2::text[])",
+                # Loaded in the claim's own round trip, so the worker need not read them again.
+                rows = await conn.fetch(
+                    "UPDATE messages SET status = 'processing', updated_at = $1 WHERE id = ANY($2::text[])"
+                    " RETURNING id, body, status, external_id",
                     stamp,
                     message_ids,
                 )
+                loaded = {r[0]: message_from_row(r[1], r[2], r[3]) for r in rows}
+                for job in jobs:
+                    if job.kind != "webhook" and job.message_id is not None:
+                        job.message = loaded.get(job.message_id)
         for job in jobs:
             job.status, job.lease_owner, job.lease_until = "running", owner, until
             job.attempts += 1
@@ -577,11 +614,18 @@ class PostgresStore(Store):
         return int(status.split()[-1])
 
     async def finish_route(
-        self, job: Job, message_status: MessageStatus, replies: Sequence[tuple[Message, Sequence[NewJob]]], now: str
-    ) -> bool:
+        self,
+        job: Job,
+        message_status: MessageStatus,
+        replies: Sequence[tuple[Message, Sequence[NewJob]]],
+        now: str,
+        traces: Sequence[TraceRecord] = (),
+        hand_off: Lease | None = None,
+    ) -> Finished:
+        next_job = None
         async with self._require_pool().acquire() as conn, conn.transaction():
             if not await _close_job(conn, job, "done", None, now):
-                return False
+                return Finished(ok=False)
             if job.message_id is not None:
                 await conn.execute(
                     "UPDATE messages SET status = $1, error = NULL, updated_at = $2 WHERE id = $3",
@@ -589,18 +633,38 @@ class PostgresStore(Store):
                     now,
                     job.message_id,
                 )
+            lead = await _hand_off(conn, replies, hand_off)
             for message, jobs in replies:
                 await conn.execute(INSERT_MESSAGE_PG, *message_row(message, now))
                 for new_job in jobs:
-                    await conn.execute(INSERT_JOB_PG, *_job_args(new_job, message.tenant, message.id, now))
-        return True
+                    if new_job is lead and hand_off is not None:
+                        seq = await conn.fetchval(
+                            INSERT_LEASED_JOB_PG,
+                            *_job_args(new_job, message.tenant, message.id, now),
+                            hand_off.owner,
+                            hand_off.until,
+                        )
+                        next_job = leased_job(new_job, int(seq), message.tenant, message, now, hand_off)
+                    else:
+                        await conn.execute(INSERT_JOB_PG, *_job_args(new_job, message.tenant, message.id, now))
+            if traces:
+                await conn.executemany(INSERT_TRACE_PG, [trace_row(r) for r in traces])
+        return Finished(ok=True, next_job=next_job)
 
     async def finish_deliver(
-        self, job: Job, external_id: str | None, status: MessageStatus, now: str, extra_jobs: Sequence[NewJob] = ()
+        self,
+        job: Job,
+        external_id: str | None,
+        status: MessageStatus,
+        now: str,
+        extra_jobs: Sequence[NewJob] = (),
+        traces: Sequence[TraceRecord] = (),
     ) -> bool:
         async with self._require_pool().acquire() as conn, conn.transaction():
             if not await _close_job(conn, job, "done", None, now):
                 return False
+            if traces:
+                await conn.executemany(INSERT_TRACE_PG, [trace_row(r) for r in traces])
             if job.message_id is None or job.kind == "webhook":
                 return True  # a webhook delivery reports on a message; it does not change it
             new_status = status

@@ -9,7 +9,7 @@ import msgspec
 
 from omni_core.entities import Instance, Tenant, TenantWebhook
 from omni_core.model import Message
-from omni_core.store.base import Job, TraceRecord
+from omni_core.store.base import Job, Lease, NewJob, TraceRecord
 
 json_encode = msgspec.json.Encoder().encode
 _message_decoder = msgspec.json.Decoder(Message)
@@ -47,6 +47,29 @@ def job_from_row(row: Sequence[Any]) -> Job:
         payload=decode_dict(row[13]),
         created_at=row[14],
         updated_at=row[15],
+    )
+
+
+def leased_job(new: NewJob, seq: int, tenant: str, message: Message, now: str, lease: Lease) -> Job:
+    """The Job for a deliver job that was stored already leased (a route job's hand-off)."""
+    return Job(
+        id=new.id,
+        seq=seq,
+        tenant=tenant,
+        kind=new.kind,
+        lane=new.lane,
+        message_id=message.id,
+        status="running",
+        attempts=1,
+        max_attempts=new.max_attempts,
+        run_at=new.run_at,
+        lease_owner=lease.owner,
+        lease_until=lease.until,
+        last_error=None,
+        payload=new.payload,
+        created_at=now,
+        updated_at=now,
+        message=message,
     )
 
 

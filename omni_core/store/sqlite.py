@@ -32,10 +32,12 @@ from omni_core.store.base import (
     CLAIM_WINDOW,
     FINISHING_KINDS,
     STARTING_KINDS,
+    Finished,
     HistoryPage,
     HistoryQuery,
     InsertOutcome,
     Job,
+    Lease,
     NewJob,
     Store,
     TraceRecord,
@@ -56,6 +58,7 @@ from omni_core.store.rows import (
     instance_row,
     job_from_row,
     json_encode,
+    leased_job,
     message_from_row,
     message_row,
     tenant_from_row,
@@ -600,6 +603,16 @@ class SqliteStore(Store):
                     f"UPDATE messages SET status = 'processing', updated_at = ? WHERE id IN ({marks})",
                     (stamp, *message_ids),
                 )
+                # Loaded here, in the claim's own hop, so the worker need not read them again.
+                loaded = {
+                    row[0]: message_from_row(row[1], row[2], row[3])
+                    for row in db.execute(
+                        f"SELECT id, body, status, external_id FROM messages WHERE id IN ({marks})", message_ids
+                    )
+                }
+                for job in jobs:
+                    if job.kind != "webhook" and job.message_id is not None:
+                        job.message = loaded.get(job.message_id)
             return jobs
 
         result: list[Job] = await self._write(op)
@@ -622,32 +635,57 @@ class SqliteStore(Store):
         return result
 
     async def finish_route(
-        self, job: Job, message_status: MessageStatus, replies: Sequence[tuple[Message, Sequence[NewJob]]], now: str
-    ) -> bool:
-        rows = [(message_row(m, now), m, jobs) for m, jobs in replies]
+        self,
+        job: Job,
+        message_status: MessageStatus,
+        replies: Sequence[tuple[Message, Sequence[NewJob]]],
+        now: str,
+        traces: Sequence[TraceRecord] = (),
+        hand_off: Lease | None = None,
+    ) -> Finished:
+        trace_rows = [trace_row(r) for r in traces]
 
-        def op(db: sqlite3.Connection) -> bool:
+        def op(db: sqlite3.Connection) -> Finished:
             if not _close_job(db, job, "done", None, now):
-                return False
+                return Finished(ok=False)
             if job.message_id is not None:
                 db.execute(
                     "UPDATE messages SET status = ?, error = NULL, updated_at = ? WHERE id = ?",
                     (message_status, now, job.message_id),
                 )
-            for row, message, jobs in rows:
-                db.execute(INSERT_MESSAGE, row)
+            lead = _hand_off(db, replies, hand_off)
+            next_job = None
+            for message, jobs in replies:
+                db.execute(INSERT_MESSAGE, message_row(message, now))
                 for new_job in jobs:
-                    _insert_job(db, new_job, message.tenant, message.id, now)
-            return True
+                    if new_job is lead and hand_off is not None:
+                        seq = _insert_leased_job(db, new_job, message.tenant, message.id, now, hand_off)
+                        next_job = leased_job(new_job, seq, message.tenant, message, now, hand_off)
+                    else:
+                        _insert_job(db, new_job, message.tenant, message.id, now)
+            if trace_rows:
+                db.executemany(INSERT_TRACE, trace_rows)
+            return Finished(ok=True, next_job=next_job)
 
-        return bool(await self._write(op))
+        result: Finished = await self._write(op)
+        return result
 
     async def finish_deliver(
-        self, job: Job, external_id: str | None, status: MessageStatus, now: str, extra_jobs: Sequence[NewJob] = ()
+        self,
+        job: Job,
+        external_id: str | None,
+        status: MessageStatus,
+        now: str,
+        extra_jobs: Sequence[NewJob] = (),
+        traces: Sequence[TraceRecord] = (),
     ) -> bool:
+        trace_rows = [trace_row(r) for r in traces]
+
         def op(db: sqlite3.Connection) -> bool:
             if not _close_job(db, job, "done", None, now):
                 return False
+            if trace_rows:
+                db.executemany(INSERT_TRACE, trace_rows)
             if job.message_id is None or job.kind == "webhook":
                 return True  # a webhook delivery reports on a message; it does not change it
             new_status = status
@@ -1000,6 +1038,51 @@ def _insert_job(db: sqlite3.Connection, job: NewJob, tenant: str, message_id: st
             now,
         ),
     )
+
+
+def _hand_off(
+    db: sqlite3.Connection, replies: Sequence[tuple[Message, Sequence[NewJob]]], lease: Lease | None
+) -> NewJob | None:
+    """The first reply's deliver job, when it may be leased straight to ``lease``: its lane
+    (the chat's sends) has nothing queued or running, so it would be the lane's head anyway.
+    Its message moves to ``processing``, as a claim would have done."""
+    if lease is None or not replies:
+        return None
+    message, jobs = replies[0]
+    lead = next((j for j in jobs if j.kind == "deliver"), None)
+    if lead is None:
+        return None
+    busy = db.execute(
+        "SELECT 1 FROM jobs WHERE lane = ? AND status IN ('queued', 'running') LIMIT 1", (lead.lane,)
+    ).fetchone()
+    if busy is not None:
+        return None
+    message.status = "processing"
+    return lead
+
+
+def _insert_leased_job(
+    db: sqlite3.Connection, job: NewJob, tenant: str, message_id: str, now: str, lease: Lease
+) -> int:
+    cur = db.execute(
+        "INSERT INTO jobs (id, tenant_id, kind, lane, message_id, status, attempts, max_attempts, run_at, payload,"
+        " lease_owner, lease_until, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'running', 1, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            job.id,
+            tenant,
+            job.kind,
+            job.lane,
+            message_id,
+            job.max_attempts,
+            job.run_at,
+            json_encode(job.payload),
+            lease.owner,
+            lease.until,
+            now,
+            now,
+        ),
+    )
+    return int(cur.lastrowid or 0)
 
 
 def _close_job(db: sqlite3.Connection, job: Job, status: str, error: str | None, now: str) -> bool:

@@ -13,7 +13,7 @@ from omni_core.entities import Instance, Tenant
 from omni_core.ids import new_id
 from omni_core.model import Chat, Content, Message, Sender, iso, utcnow
 from omni_core.pipeline import lane_for
-from omni_core.store.base import HistoryQuery, NewJob, Store
+from omni_core.store.base import HistoryQuery, Lease, NewJob, Store, TraceRecord
 from omni_core.store.postgres import PostgresStore
 from omni_core.store.sqlite import SqliteStore, StoreLockedError
 from tests.pg import acreate_database, adrop_database
@@ -248,3 +248,99 @@ async def test_claim_keeps_each_tenant_within_its_share(store: Store) -> None:
     assert sorted(j.tenant for j in claimed) == ["t1", "t1", "t1", "t2", "t2"]
     # With t1 already running 3 here, it gets nothing more until one finishes.
     assert await store.claim_jobs("w", 10, time.time(), 30, busy={"t1": 3, "t2": 2}, tenant_cap=3) == []
+
+
+def reply_to(source: Message, text: str = "answer") -> tuple[Message, list[NewJob]]:
+    reply = msg(tenant=source.tenant, chat=source.chat.id, text=text)
+    reply.direction, reply.status = "outbound", "queued"
+    deliver = NewJob(
+        id=new_id("job"),
+        kind="deliver",
+        lane=lane_for("deliver", reply.tenant, reply.instance, reply.chat.id),
+        max_attempts=3,
+        run_at=time.time(),
+    )
+    return reply, [deliver]
+
+
+async def test_claim_loads_the_jobs_messages(store: Store) -> None:
+    m = msg(text="loaded with the lease")
+    await store.insert_message(m, job_for(m), NOW)
+    [job] = await store.claim_jobs("w", 10, time.time(), 30)
+    assert job.message is not None
+    assert job.message.id == m.id and job.message.content.text == "loaded with the lease"
+    assert job.message.status == "processing"
+    assert "message" not in job.public()
+
+
+async def test_finishing_a_route_job_hands_the_reply_to_the_same_worker(store: Store) -> None:
+    m = msg()
+    await store.insert_message(m, job_for(m), NOW)
+    [route] = await store.claim_jobs("w", 10, time.time(), 30)
+    reply, jobs = reply_to(m)
+    until = time.time() + 30
+    done = await store.finish_route(route, "forwarded", [(reply, jobs)], NOW, hand_off=Lease("w", until))
+    assert done.ok and done.next_job is not None
+    handed = done.next_job
+    assert handed.id == jobs[0].id and handed.kind == "deliver" and handed.status == "running"
+    assert handed.lease_owner == "w" and handed.lease_until == until and handed.attempts == 1
+    assert handed.message is not None and handed.message.id == reply.id
+    # Stored as leased: nobody else claims it, and the lease checks of finishing apply to it.
+    assert await store.claim_jobs("other", 10, time.time(), 30) == []
+    stored = await store.get_job(handed.id)
+    assert stored is not None and stored.status == "running" and stored.lease_owner == "w"
+    assert stored.seq == handed.seq
+    got = await store.get_message(reply.id)
+    assert got is not None and got.status == "processing"
+    assert await store.finish_deliver(handed, "WA-1", "sent", NOW)
+    sent = await store.get_message(reply.id)
+    assert sent is not None and sent.status == "sent" and sent.external_id == "WA-1"
+
+
+async def test_no_hand_off_while_the_chat_has_a_send_pending(store: Store) -> None:
+    first, second = msg(), msg()
+    await store.insert_message(first, job_for(first), NOW)
+    await store.insert_message(second, job_for(second), NOW)
+    [route1] = await store.claim_jobs("w", 10, time.time(), 30)
+    reply1, jobs1 = reply_to(first)
+    # No hand-off asked: the reply's send is queued for any worker.
+    done1 = await store.finish_route(route1, "forwarded", [(reply1, jobs1)], NOW)
+    assert done1.ok and done1.next_job is None
+    claimed = await store.claim_jobs("w", 10, time.time(), 30)
+    route2 = next(j for j in claimed if j.kind == "route")
+    assert any(j.id == jobs1[0].id for j in claimed)  # the first send, running elsewhere
+    reply2, jobs2 = reply_to(second)
+    done2 = await store.finish_route(route2, "forwarded", [(reply2, jobs2)], NOW, hand_off=Lease("w", time.time() + 30))
+    # The chat's earlier send still runs: handing this one over would overtake it.
+    assert done2.ok and done2.next_job is None
+    queued = await store.get_job(jobs2[0].id)
+    assert queued is not None and queued.status == "queued"
+
+
+async def test_a_lost_lease_hands_nothing_off_and_writes_nothing(store: Store) -> None:
+    m = msg()
+    await store.insert_message(m, job_for(m), NOW)
+    [route] = await store.claim_jobs("dead-worker", 10, time.time(), 0.01)
+    await asyncio.sleep(0.05)
+    [again] = await store.claim_jobs("w2", 10, time.time(), 30)
+    reply, jobs = reply_to(m)
+    done = await store.finish_route(route, "forwarded", [(reply, jobs)], NOW, hand_off=Lease("dead-worker", 1e12))
+    assert not done and done.next_job is None
+    assert await store.get_message(reply.id) is None
+    assert await store.get_job(jobs[0].id) is None
+    assert again.id == route.id
+
+
+async def test_finishing_writes_the_attempts_trace_rows_with_the_outcome(store: Store) -> None:
+    m = msg()
+    await store.insert_message(m, job_for(m), NOW)
+    [route] = await store.claim_jobs("w", 10, time.time(), 30)
+    rows = [
+        TraceRecord(tenant="t1", stage=stage, outcome="ok", at=NOW, message_id=m.id, job_id=route.id)
+        for stage in ("routed", "agent_response", "agent_request")
+    ]
+    assert await store.finish_route(route, "forwarded", [], NOW, traces=rows)
+    assert [t.stage for t in await store.traces_for_message(m.id)] == ["routed", "agent_response", "agent_request"]
+    # A finish that lost its lease leaves no trace rows either.
+    assert not await store.finish_route(route, "forwarded", [], NOW, traces=rows)
+    assert len(await store.traces_for_message(m.id)) == 3
