@@ -102,6 +102,7 @@ def create_app(
         poll_interval=settings.poll_interval_seconds,
     )
     hub.workers = workers if start_workers else None
+    pipeline.dispatcher = workers if start_workers else None
     pipeline.on_enqueue = workers.notify
     store.subscribe_jobs(workers.notify)  # work enqueued by other replicas
 

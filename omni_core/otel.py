@@ -48,12 +48,16 @@ class Telemetry:
         log.info("otel_enabled", endpoint=os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"])
         return cls(provider.get_tracer("omni_core"), TraceContextTextMapPropagator(), provider)
 
-    @contextlib.contextmanager
-    def span(self, name: str, parent: str | None = None, **attributes: Any) -> Iterator[str | None]:
+    def span(
+        self, name: str, parent: str | None = None, **attributes: Any
+    ) -> contextlib.AbstractContextManager[str | None]:
         """A span (child of ``parent`` when given, else of the current span); yields its traceparent."""
         if self.tracer is None:
-            yield parent
-            return
+            return contextlib.nullcontext(parent)  # tracing off: no generator frame per span
+        return self._span(name, parent, attributes)
+
+    @contextlib.contextmanager
+    def _span(self, name: str, parent: str | None, attributes: dict[str, Any]) -> Iterator[str | None]:
         context = self.propagator.extract({"traceparent": parent}) if parent else None
         attrs = {k: v for k, v in attributes.items() if v is not None}
         with self.tracer.start_as_current_span(name, context=context, attributes=attrs) as span:

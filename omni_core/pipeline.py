@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import httpx
 import msgspec
@@ -65,6 +65,16 @@ HISTORY_CONTEXT = 10
 #: The store update that completes a job once its outside call succeeded, given the attempt's
 #: trace rows (written in the same transaction).
 Finish = Callable[[Sequence[TraceRecord]], Awaitable["Finished | bool"]]
+
+
+class Dispatcher(Protocol):
+    """The local worker pool, as ingest sees it (direct dispatch of a new message's route job)."""
+
+    def reserve(self, tenant: str) -> Lease | None: ...
+
+    def run_leased(self, job: Job) -> None: ...
+
+    def release(self, tenant: str) -> None: ...
 
 
 class HandOff(NamedTuple):
@@ -142,6 +152,9 @@ class Pipeline:
         self.hub: Hub | None = None
         #: Called after a job is committed so the worker pool wakes at once instead of polling.
         self.on_enqueue: Callable[[], None] = lambda: None
+        #: This process's worker pool, when it runs one: a new message's route job may start on it
+        #: directly (stored already leased) instead of waiting for a claim.
+        self.dispatcher: Dispatcher | None = None
         self.webhooks = WebhookSender(self)
         self.pacer = Pacer()
         self.metrics = Metrics(tenant_label=settings.metrics_tenant_label)
@@ -241,11 +254,23 @@ class Pipeline:
                 event.status = "sent"  # our own message, sent from the phone or another client
             events = message_event_jobs(await self.store.list_webhooks(tenant.id), event, self.webhook_attempts)
             traces = self._ingest_traces(tenant.id, channel, ingest or IngestTiming(received_at=now), now)
-            outcome = await self.store.insert_message(event, job, now, events, traces)
+            dispatcher = self.dispatcher if job is not None else None
+            lease = dispatcher.reserve(tenant.id) if dispatcher is not None else None
+            try:
+                outcome = await self.store.insert_message(event, job, now, events, traces, lease)
+            except BaseException:
+                if dispatcher is not None and lease is not None:
+                    dispatcher.release(tenant.id)
+                raise
+            if dispatcher is not None and lease is not None:
+                if outcome.leased is not None:
+                    dispatcher.run_leased(outcome.leased)
+                else:
+                    dispatcher.release(tenant.id)  # a duplicate, or the chat has work queued
             if event.direction == "inbound":
                 counter = self.metrics.received if outcome.accepted else self.metrics.duplicates
                 counter.labels(*self.metrics.labels(channel, tenant.id)).inc()
-            if outcome.accepted and (job is not None or events):
+            if outcome.accepted and ((job is not None and outcome.leased is None) or events):
                 self.on_enqueue()
             return IngestResult(status="accepted" if outcome.accepted else "duplicate", id=outcome.id)
         if isinstance(event, StatusUpdate):
@@ -371,7 +396,6 @@ class Pipeline:
         started = time.perf_counter()
         stage = "agent_request" if job.kind == "route" else "deliver"
         plugin: str | None = None
-        bound = log.bind(job_id=job.id, message_id=job.message_id, tenant=job.tenant, kind=job.kind)
         # Trace rows of this attempt, committed with its outcome (one write, not one per step).
         traces: list[TraceRecord] = []
         try:
@@ -392,6 +416,7 @@ class Pipeline:
             await self.store.defer(job, time.time() + paced.seconds, iso(utcnow()))
         except Exception as exc:
             await self._record(*traces)
+            bound = log.bind(job_id=job.id, message_id=job.message_id, tenant=job.tenant, kind=job.kind)
             await self._failed(job, exc, stage, plugin, started, bound)
         finally:
             self.on_enqueue()  # the lane's next job (if any) is runnable now

@@ -18,7 +18,7 @@ import uuid
 import structlog
 
 from omni_core.pipeline import HandOff, Pipeline
-from omni_core.store.base import Job, Store
+from omni_core.store.base import Job, Lease, Store
 
 log = structlog.get_logger("omni.worker")
 
@@ -40,6 +40,11 @@ class WorkerPool:
         # A per-tenant share keeps one tenant's slow agent from taking every slot.
         self.tenant_concurrency = tenant_concurrency or max(1, concurrency // 2)
         self._per_tenant: dict[str, int] = {}
+        #: Slots promised to jobs being stored already leased to us (direct dispatch, see reserve).
+        self._reserved = 0
+        #: Direct dispatch only uses spare capacity: the rest stays for claims, which take
+        #: replies and webhook deliveries before new routing.
+        self.headroom = max(1, concurrency // 4)
         self.lease_seconds = lease_seconds
         self.poll_interval = poll_interval
         self.owner_prefix = f"{socket.gethostname()}:{os.getpid()}:"
@@ -57,6 +62,34 @@ class WorkerPool:
     @property
     def in_flight(self) -> int:
         return len(self._running)
+
+    # --- direct dispatch: a job stored already leased to this worker ---------------------------
+    def reserve(self, tenant: str) -> Lease | None:
+        """A slot for a job about to be stored leased to this worker, when there is spare capacity
+        (and the tenant is under its share); then :meth:`run_leased` or :meth:`release` must follow.
+
+        A message that arrives while workers are free then starts at once, with no claim query
+        and no wait for the dispatcher; under load the queue and its claim order decide."""
+        if self._stopping or not self._tasks:
+            return None
+        if self.concurrency - len(self._running) - self._reserved <= self.headroom:
+            return None
+        if self._per_tenant.get(tenant, 0) >= self.tenant_concurrency:
+            return None
+        self._reserved += 1
+        self._per_tenant[tenant] = self._per_tenant.get(tenant, 0) + 1
+        return Lease(self.owner, time.time() + self.lease_seconds)
+
+    def run_leased(self, job: Job) -> None:
+        """Run a job stored leased to us in a slot taken with :meth:`reserve`."""
+        self._reserved -= 1
+        self._running[job.id] = asyncio.create_task(self._run(job), name=f"omni-job-{job.id}")
+
+    def release(self, tenant: str) -> None:
+        """Give back a reserved slot whose job was queued instead (its lane was busy)."""
+        self._reserved -= 1
+        self._release_tenant(tenant)
+        self._wake.set()
 
     @property
     def alive(self) -> bool:
@@ -97,7 +130,7 @@ class WorkerPool:
         while not self._stopping:
             self.last_tick = time.monotonic()
             self._wake.clear()
-            free = self.concurrency - len(self._running)
+            free = self.concurrency - len(self._running) - self._reserved
             claimed: list[Job] = []
             if free > 0:
                 try:
@@ -157,12 +190,15 @@ class WorkerPool:
         finally:
             if current is not None:  # cancelled mid-job: that job keeps its lease (taken over after a restart)
                 self._running.pop(current.id, None)
-            left = self._per_tenant.get(job.tenant, 1) - 1
-            if left > 0:
-                self._per_tenant[job.tenant] = left
-            else:
-                self._per_tenant.pop(job.tenant, None)
+            self._release_tenant(job.tenant)
             self._wake.set()
+
+    def _release_tenant(self, tenant: str) -> None:
+        left = self._per_tenant.get(tenant, 1) - 1
+        if left > 0:
+            self._per_tenant[tenant] = left
+        else:
+            self._per_tenant.pop(tenant, None)
 
     def _hand_off(self) -> HandOff | None:
         """Take over the reply's send when a route job finishes, unless shutting down."""

@@ -206,8 +206,9 @@ async def _inject_inbound(
     result = await hub.pipeline.store_event(body.source, tenant, instance, message)
     if result.status == "duplicate":
         return Response({"id": result.id, "status": "duplicate"}, status_code=200)
-    # Messages from bots are kept but never routed (no loops): nothing is queued for them.
-    return Response({"id": result.id, "status": message.status}, status_code=202)
+    # Accepted means queued for the pipeline (the documented answer), even when a worker took it
+    # up at once or, for a bot's message, nothing will route it (no loops).
+    return Response({"id": result.id, "status": "queued"}, status_code=202)
 
 
 @get("/messages/{message_id:str}")

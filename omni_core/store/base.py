@@ -87,6 +87,8 @@ class Finished(msgspec.Struct, kw_only=True):
 class InsertOutcome(msgspec.Struct, kw_only=True):
     accepted: bool
     id: str
+    #: The message's job when it was stored already leased (direct dispatch; see insert_message).
+    leased: Job | None = None
 
 
 class HistoryQuery(msgspec.Struct, kw_only=True):
@@ -195,11 +197,14 @@ class Store(ABC):
         now: str,
         extra_jobs: Sequence[NewJob] = (),
         traces: Sequence[TraceRecord] = (),
+        lease: Lease | None = None,
     ) -> InsertOutcome:
         """Store a message and (optionally) its jobs in one transaction.
 
         ``extra_jobs`` (tenant webhook deliveries) are written only when the message is new;
-        ``traces`` always, against the stored message's id.
+        ``traces`` always, against the stored message's id. With ``lease``, ``job`` is stored
+        already leased to that owner when nothing else is pending in its lane (it would be the
+        lane's head anyway) and returned as ``leased``, with the message (now ``processing``).
 
         Messages with an ``external_id`` are deduplicated on (tenant, instance, external_id):
         a repeat returns ``accepted=False`` with the stored message's id and writes nothing.

@@ -91,29 +91,25 @@ INSERT_JOB_PG = (
 INSERT_LEASED_JOB_PG = (
     "INSERT INTO jobs (id, tenant_id, kind, lane, message_id, status, attempts, max_attempts, run_at, payload,"
     " created_at, updated_at, lease_owner, lease_until)"
-    " VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, $7, $8, $9, $9, $10, $11) RETURNING seq"
+    " SELECT $1, $2, $3, $4, $5, 'running', 1, $6, $7, $8, $9, $9, $10, $11"
+    " WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE lane = $4 AND status IN ('queued', 'running'))"
+    " RETURNING seq"
 )
 
 
-async def _hand_off(
-    conn: Any, replies: Sequence[tuple[Message, Sequence[NewJob]]], lease: Lease | None
-) -> NewJob | None:
-    """The first reply's deliver job, when it may be leased straight to ``lease`` (its lane has
-    nothing queued or running). A send another replica enqueues into the same chat at this very
-    moment may then run beside it: the two were concurrent anyway, neither waits on the other."""
-    if lease is None or not replies:
-        return None
-    message, jobs = replies[0]
-    lead = next((j for j in jobs if j.kind == "deliver"), None)
-    if lead is None:
-        return None
-    busy = await conn.fetchval(
-        "SELECT 1 FROM jobs WHERE lane = $1 AND status IN ('queued', 'running') LIMIT 1", lead.lane
+async def _insert_leased_if_head(conn: Any, job: NewJob, message: Message, now: str, lease: Lease) -> Job | None:
+    """Store ``job`` already leased to ``lease.owner`` when its lane has nothing queued or running
+    (it would be the lane's head anyway), moving its message to ``processing`` as a claim would;
+    None (nothing written) when the lane is busy. A job another replica enqueues into the same
+    lane at this very moment may then run beside it: the two were concurrent anyway."""
+    seq = await conn.fetchval(
+        INSERT_LEASED_JOB_PG, *_job_args(job, message.tenant, message.id, now), lease.owner, lease.until
     )
-    if busy is not None:
+    if seq is None:
         return None
+    await conn.execute("UPDATE messages SET status = 'processing' WHERE id = $1", message.id)
     message.status = "processing"
-    return lead
+    return leased_job(job, int(seq), message.tenant, message, now, lease)
 
 
 def _job_args(job: NewJob, tenant: str, message_id: str | None, now: str) -> tuple[Any, ...]:
@@ -415,6 +411,7 @@ class PostgresStore(Store):
         now: str,
         extra_jobs: Sequence[NewJob] = (),
         traces: Sequence[TraceRecord] = (),
+        lease: Lease | None = None,
     ) -> InsertOutcome:
         row = message_row(message, now)
         async with self._require_pool().acquire() as conn, conn.transaction():
@@ -430,9 +427,14 @@ class PostgresStore(Store):
                     raise RuntimeError(f"message {message.id} could not be stored")
                 outcome = InsertOutcome(accepted=False, id=existing)
             else:
-                for new_job in (job, *extra_jobs) if job is not None else extra_jobs:
+                leased = None
+                if job is not None and lease is not None:
+                    leased = await _insert_leased_if_head(conn, job, message, now, lease)
+                if job is not None and leased is None:
+                    await conn.execute(INSERT_JOB_PG, *_job_args(job, message.tenant, message.id, now))
+                for new_job in extra_jobs:
                     await conn.execute(INSERT_JOB_PG, *_job_args(new_job, message.tenant, message.id, now))
-                outcome = InsertOutcome(accepted=True, id=message.id)
+                outcome = InsertOutcome(accepted=True, id=message.id, leased=leased)
             if traces:
                 await conn.executemany(INSERT_TRACE_PG, ingest_trace_rows(traces, outcome.id, outcome.accepted))
         return outcome
@@ -633,20 +635,15 @@ class PostgresStore(Store):
                     now,
                     job.message_id,
                 )
-            lead = await _hand_off(conn, replies, hand_off)
-            for message, jobs in replies:
+            for i, (message, jobs) in enumerate(replies):
                 await conn.execute(INSERT_MESSAGE_PG, *message_row(message, now))
                 for new_job in jobs:
-                    if new_job is lead and hand_off is not None:
-                        seq = await conn.fetchval(
-                            INSERT_LEASED_JOB_PG,
-                            *_job_args(new_job, message.tenant, message.id, now),
-                            hand_off.owner,
-                            hand_off.until,
-                        )
-                        next_job = leased_job(new_job, int(seq), message.tenant, message, now, hand_off)
-                    else:
-                        await conn.execute(INSERT_JOB_PG, *_job_args(new_job, message.tenant, message.id, now))
+                    # Only the first reply's send may be handed off: later parts queue behind it.
+                    if i == 0 and new_job.kind == "deliver" and hand_off is not None and next_job is None:
+                        next_job = await _insert_leased_if_head(conn, new_job, message, now, hand_off)
+                        if next_job is not None:
+                            continue
+                    await conn.execute(INSERT_JOB_PG, *_job_args(new_job, message.tenant, message.id, now))
             if traces:
                 await conn.executemany(INSERT_TRACE_PG, [trace_row(r) for r in traces])
         return Finished(ok=True, next_job=next_job)

@@ -428,6 +428,7 @@ class SqliteStore(Store):
         now: str,
         extra_jobs: Sequence[NewJob] = (),
         traces: Sequence[TraceRecord] = (),
+        lease: Lease | None = None,
     ) -> InsertOutcome:
         row = message_row(message, now)
 
@@ -442,9 +443,14 @@ class SqliteStore(Store):
                     raise RuntimeError(f"message {message.id} could not be stored")
                 outcome = InsertOutcome(accepted=False, id=found[0])
             else:
-                for new_job in (job, *extra_jobs) if job is not None else extra_jobs:
+                leased = None
+                if job is not None and lease is not None:
+                    leased = _insert_leased_if_head(db, job, message, now, lease)
+                if job is not None and leased is None:
+                    _insert_job(db, job, message.tenant, message.id, now)
+                for new_job in extra_jobs:
                     _insert_job(db, new_job, message.tenant, message.id, now)
-                outcome = InsertOutcome(accepted=True, id=message.id)
+                outcome = InsertOutcome(accepted=True, id=message.id, leased=leased)
             if traces:
                 db.executemany(INSERT_TRACE, ingest_trace_rows(traces, outcome.id, outcome.accepted))
             return outcome
@@ -653,16 +659,16 @@ class SqliteStore(Store):
                     "UPDATE messages SET status = ?, error = NULL, updated_at = ? WHERE id = ?",
                     (message_status, now, job.message_id),
                 )
-            lead = _hand_off(db, replies, hand_off)
             next_job = None
-            for message, jobs in replies:
+            for i, (message, jobs) in enumerate(replies):
                 db.execute(INSERT_MESSAGE, message_row(message, now))
                 for new_job in jobs:
-                    if new_job is lead and hand_off is not None:
-                        seq = _insert_leased_job(db, new_job, message.tenant, message.id, now, hand_off)
-                        next_job = leased_job(new_job, seq, message.tenant, message, now, hand_off)
-                    else:
-                        _insert_job(db, new_job, message.tenant, message.id, now)
+                    # Only the first reply's send may be handed off: later parts queue behind it.
+                    if i == 0 and new_job.kind == "deliver" and hand_off is not None and next_job is None:
+                        next_job = _insert_leased_if_head(db, new_job, message, now, hand_off)
+                        if next_job is not None:
+                            continue
+                    _insert_job(db, new_job, message.tenant, message.id, now)
             if trace_rows:
                 db.executemany(INSERT_TRACE, trace_rows)
             return Finished(ok=True, next_job=next_job)
@@ -1040,25 +1046,19 @@ def _insert_job(db: sqlite3.Connection, job: NewJob, tenant: str, message_id: st
     )
 
 
-def _hand_off(
-    db: sqlite3.Connection, replies: Sequence[tuple[Message, Sequence[NewJob]]], lease: Lease | None
-) -> NewJob | None:
-    """The first reply's deliver job, when it may be leased straight to ``lease``: its lane
-    (the chat's sends) has nothing queued or running, so it would be the lane's head anyway.
-    Its message moves to ``processing``, as a claim would have done."""
-    if lease is None or not replies:
-        return None
-    message, jobs = replies[0]
-    lead = next((j for j in jobs if j.kind == "deliver"), None)
-    if lead is None:
-        return None
+def _insert_leased_if_head(db: sqlite3.Connection, job: NewJob, message: Message, now: str, lease: Lease) -> Job | None:
+    """Store ``job`` already leased to ``lease.owner`` when its lane has nothing queued or running
+    (so it would be the lane's head anyway), moving its message to ``processing`` as a claim
+    would; None (nothing written) when the lane is busy."""
     busy = db.execute(
-        "SELECT 1 FROM jobs WHERE lane = ? AND status IN ('queued', 'running') LIMIT 1", (lead.lane,)
+        "SELECT 1 FROM jobs WHERE lane = ? AND status IN ('queued', 'running') LIMIT 1", (job.lane,)
     ).fetchone()
     if busy is not None:
         return None
+    seq = _insert_leased_job(db, job, message.tenant, message.id, now, lease)
+    db.execute("UPDATE messages SET status = 'processing' WHERE id = ?", (message.id,))
     message.status = "processing"
-    return lead
+    return leased_job(job, seq, message.tenant, message, now, lease)
 
 
 def _insert_leased_job(

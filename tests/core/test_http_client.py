@@ -68,3 +68,20 @@ def test_transport_setting_is_validated() -> None:
     assert load_settings({"OMNI_HTTP_TRANSPORT": "HTTPX"}).http_transport == "httpx"
     with pytest.raises(ConfigError, match="OMNI_HTTP_TRANSPORT"):
         load_settings({"OMNI_HTTP_TRANSPORT": "curl"})
+
+
+async def test_parsed_urls_are_reused_and_each_request_keeps_its_own() -> None:
+    server, port, heads = await _cookie_server()
+    client = make_http_client(Settings())
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for path in ("/a?x=1", "/b", "/a?x=1", "/message/sendText/inst%201"):
+            response = await client.post(base + path, content=b"{}")
+            assert response.status_code == 200
+        targets = [head.split(b" ", 2)[1] for head in heads]
+        assert targets == [b"/a?x=1", b"/b", b"/a?x=1", b"/message/sendText/inst%201"]
+        assert len(client._urls) == 3  # type: ignore[attr-defined]
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()

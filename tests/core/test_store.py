@@ -344,3 +344,39 @@ async def test_finishing_writes_the_attempts_trace_rows_with_the_outcome(store: 
     # A finish that lost its lease leaves no trace rows either.
     assert not await store.finish_route(route, "forwarded", [], NOW, traces=rows)
     assert len(await store.traces_for_message(m.id)) == 3
+
+
+async def test_a_new_message_can_be_stored_with_its_job_leased_to_a_worker(store: Store) -> None:
+    m = msg(text="start me now")
+    until = time.time() + 30
+    out = await store.insert_message(m, job_for(m), NOW, lease=Lease("w", until))
+    assert out.accepted and out.leased is not None
+    job = out.leased
+    assert job.status == "running" and job.lease_owner == "w" and job.lease_until == until and job.attempts == 1
+    assert job.message is not None and job.message.content.text == "start me now"
+    assert job.message.status == "processing"
+    stored = await store.get_message(m.id)
+    assert stored is not None and stored.status == "processing"
+    assert await store.claim_jobs("other", 10, time.time(), 30) == []
+    assert await store.finish_route(job, "forwarded", [], NOW)
+
+
+async def test_a_leased_insert_queues_instead_behind_the_chats_pending_job(store: Store) -> None:
+    first, second = msg(), msg()
+    await store.insert_message(first, job_for(first), NOW)
+    out = await store.insert_message(second, job_for(second), NOW, lease=Lease("w", time.time() + 30))
+    assert out.accepted and out.leased is None
+    stored = await store.get_message(second.id)
+    assert stored is not None and stored.status == "queued"
+    [head] = await store.claim_jobs("w", 10, time.time(), 30)
+    assert head.message_id == first.id  # order kept: the second waits for the first
+
+
+async def test_a_duplicate_with_a_lease_leases_nothing(store: Store) -> None:
+    m = msg(external_id="DUP")
+    await store.insert_message(m, job_for(m), NOW)
+    [j] = await store.claim_jobs("w", 10, time.time(), 30)
+    assert await store.finish_route(j, "forwarded", [], NOW)
+    again = msg(external_id="DUP")
+    out = await store.insert_message(again, job_for(again), NOW, lease=Lease("w", time.time() + 30))
+    assert not out.accepted and out.leased is None and out.id == m.id

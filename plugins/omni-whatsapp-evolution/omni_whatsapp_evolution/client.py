@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import msgspec
 
 from omni_core import (
     DeliveryReceipt,
@@ -26,6 +27,8 @@ from omni_core import (
     parse_retry_after,
 )
 from omni_whatsapp_evolution import wire
+
+_encode = msgspec.json.Encoder().encode
 
 _NO_BASE_URL = (
     "no Evolution base URL configured: set EVOLUTION_API_BASE_URL or the instance's config evolution.base_url"
@@ -82,8 +85,12 @@ class EvolutionClient:
         ``missing_ok`` turns a 404 into ``None`` (deleting what is already gone is a success).
         """
         headers = {"apikey": self._api_key} if self._api_key else {}
+        content = None
+        if body is not None:
+            content = _encode(body)  # msgspec: several times faster than httpx's json=
+            headers["content-type"] = "application/json"
         try:
-            response = await self.http.request(method, f"{self.base_url}{path}", json=body, headers=headers)
+            response = await self.http.request(method, f"{self.base_url}{path}", content=content, headers=headers)
         except httpx.TimeoutException:
             raise TransientError(f"evolution {action}: timed out") from None
         except httpx.TransportError as exc:
