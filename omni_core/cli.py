@@ -17,6 +17,7 @@ def _serve(settings: Settings) -> int:
     import uvicorn
 
     from omni_core.app import create_app
+    from omni_core.http_server import JoinedWritesHttpToolsProtocol
     from omni_core.store.sqlite import StoreLockedError, take_file_lock
 
     # Refuse a second hub on the same SQLite file with one clear line, before anything starts.
@@ -48,7 +49,7 @@ def _serve(settings: Settings) -> int:
         host=settings.api_host,
         port=settings.api_port,
         loop=loop,
-        http="httptools",
+        http=JoinedWritesHttpToolsProtocol,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=15,

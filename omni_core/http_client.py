@@ -9,14 +9,20 @@ httpx's own transport's job.
 
 from __future__ import annotations
 
+import datetime
+import logging
+import time
 import urllib.request
 from typing import Any
 
 import httpx
 import structlog
+from httpx._client import ClientState, UseClientDefault
 
 from omni_core.config import Settings
 from omni_core.http_transport import PooledTransport
+
+_http_log = logging.getLogger("httpx")  # httpx's own request log line, kept on the fast path
 
 log = structlog.get_logger("omni.http")
 
@@ -36,6 +42,55 @@ class HubClient(httpx.AsyncClient):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._urls: dict[str, httpx.URL] = {}
+
+    async def send(
+        self,
+        request: httpx.Request,
+        *,
+        stream: bool = False,
+        auth: Any = httpx.USE_CLIENT_DEFAULT,
+        follow_redirects: Any = httpx.USE_CLIENT_DEFAULT,
+    ) -> httpx.Response:
+        """httpx's ``send`` without its layers for auth flows, redirect loops and event hooks when
+        the request needs none of them (the hub's own calls never do): one request, one response,
+        body read. Anything else (streaming, auth, redirects, hooks) takes httpx's full path."""
+        redirects = self.follow_redirects if isinstance(follow_redirects, UseClientDefault) else follow_redirects
+        if (
+            stream
+            or redirects
+            or self._auth is not None
+            or not isinstance(auth, UseClientDefault)
+            or request.url.userinfo
+            or self._event_hooks["request"]
+            or self._event_hooks["response"]
+            or self.is_closed
+        ):
+            return await super().send(request, stream=stream, auth=auth, follow_redirects=follow_redirects)
+        self._state = ClientState.OPENED
+        if "timeout" not in request.extensions:
+            request.extensions = {**request.extensions, "timeout": self.timeout.as_dict()}
+        started = time.perf_counter()
+        response = await self._transport_for_url(request.url).handle_async_request(request)
+        response.request = request
+        response.default_encoding = self._default_encoding
+        if response.has_redirect_location:
+            response.next_request = self._build_redirect_request(request, response)
+        try:
+            await response.aread()
+        except BaseException:
+            await response.aclose()
+            raise
+        response.elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
+        if _http_log.isEnabledFor(logging.INFO):
+            _http_log.info(
+                'HTTP Request: %s %s "%s %d %s"',
+                request.method,
+                request.url,
+                response.http_version,
+                response.status_code,
+                response.reason_phrase,
+            )
+        return response
 
     def _merge_url(self, url: httpx.URL | str) -> httpx.URL:
         if not isinstance(url, str):

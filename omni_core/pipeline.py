@@ -465,7 +465,10 @@ class Pipeline:
     async def _deliver(self, job: Job) -> tuple[str | None, Finish]:
         """Send the message on its channel; returns the channel and the store update that completes the job."""
         message, tenant = await self._load(job)
-        instance = await self.store.find_instance(tenant.id, message.instance)
+        # By (channel, name): the cached lookup. A message's source is its instance's channel.
+        instance = await self.store.get_instance_by_name(message.source, message.instance)
+        if instance is None or instance.tenant != tenant.id:
+            instance = await self.store.find_instance(tenant.id, message.instance)
         if instance is None:
             raise PermanentError(f"instance {message.instance!r} no longer exists")
         limits = limits_for(instance.channel, instance.config)
