@@ -31,9 +31,11 @@ typecheck: install
 check: lint typecheck test
 
 # Benchmarks (issue 3): run on demand, never part of `make test`; writes docs/performance.md.
+# BENCH_BACKENDS=sqlite skips PostgreSQL (which must otherwise be reachable, see bench/README.md).
+BENCH_BACKENDS ?= sqlite postgres
 bench: install
 	command -v wrk >/dev/null 2>&1 || (apt-get install -y -qq wrk >/dev/null 2>&1 || true)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --backend $(BENCH_BACKENDS)
 
 
 clean:
