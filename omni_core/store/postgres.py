@@ -564,17 +564,26 @@ class PostgresStore(Store):
             for kinds in FINISHING_KINDS, STARTING_KINDS:
                 if len(rows) >= limit:
                     break
-                rows += await conn.fetch(
-                    f"SELECT {JOB_COLUMNS_J} FROM jobs j WHERE j.status = 'queued' AND j.kind = ANY($4::text[])"
-                    " AND j.run_at <= $1 AND NOT (j.tenant_id = ANY($2::text[]))"
-                    " AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.lane = j.lane AND p.seq < j.seq"
-                    " AND p.status IN ('queued', 'running'))"
-                    " ORDER BY j.seq LIMIT $3 FOR UPDATE SKIP LOCKED",
-                    now,
-                    excluded,
-                    (limit - len(rows)) * CLAIM_WINDOW,
-                    list(kinds),
-                )
+                window = (limit - len(rows)) * CLAIM_WINDOW
+                group: list[Any] = []
+                # One kind per query: `kind = $4` walks the (kind, seq) index in order and stops at
+                # the limit whatever the table statistics say. With `kind = ANY(...)` a planner
+                # without fresh statistics (a queue that just filled) sorted every queued job on
+                # each claim: ~230 ms per claim at 100,000 queued jobs.
+                for kind in kinds:
+                    group += await conn.fetch(
+                        f"SELECT {JOB_COLUMNS_J} FROM jobs j WHERE j.status = 'queued' AND j.kind = $4"
+                        " AND j.run_at <= $1 AND NOT (j.tenant_id = ANY($2::text[]))"
+                        " AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.lane = j.lane AND p.seq < j.seq"
+                        " AND p.status IN ('queued', 'running'))"
+                        " ORDER BY j.seq LIMIT $3 FOR UPDATE SKIP LOCKED",
+                        now,
+                        excluded,
+                        window,
+                        kind,
+                    )
+                group.sort(key=lambda r: r[1])  # seq: oldest first across the kinds
+                rows += group[:window]
             jobs = pick_within_share([job_from_row(r) for r in rows], limit, busy, tenant_cap)
             if not jobs:
                 return []

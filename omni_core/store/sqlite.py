@@ -580,14 +580,20 @@ class SqliteStore(Store):
             for kinds in FINISHING_KINDS, STARTING_KINDS:
                 if len(rows) >= limit:
                     break
-                marks = ",".join("?" * len(kinds))
-                rows += db.execute(
-                    f"SELECT {JOB_COLUMNS_J} FROM jobs j INDEXED BY jobs_queued_kind"
-                    f" WHERE j.status = 'queued' AND j.kind IN ({marks}) AND j.run_at <= ?"
-                    " AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.lane = j.lane AND p.seq < j.seq"
-                    f" AND p.status IN ('queued', 'running')){skip} ORDER BY j.seq LIMIT ?",
-                    (*kinds, now, *excluded, (limit - len(rows)) * CLAIM_WINDOW),
-                ).fetchall()
+                window = (limit - len(rows)) * CLAIM_WINDOW
+                # One kind per query: the (kind, seq) index then yields jobs in order and the scan
+                # stops at the limit; `kind IN (...)` would sort every queued job of the kinds.
+                group = []
+                for kind in kinds:
+                    group += db.execute(
+                        f"SELECT {JOB_COLUMNS_J} FROM jobs j INDEXED BY jobs_queued_kind"
+                        " WHERE j.status = 'queued' AND j.kind = ? AND j.run_at <= ?"
+                        " AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.lane = j.lane AND p.seq < j.seq"
+                        f" AND p.status IN ('queued', 'running')){skip} ORDER BY j.seq LIMIT ?",
+                        (kind, now, *excluded, window),
+                    ).fetchall()
+                group.sort(key=lambda r: r[1])  # seq: oldest first across the kinds
+                rows += group[:window]
             jobs = pick_within_share([job_from_row(row) for row in rows], limit, busy, tenant_cap)
             if not jobs:
                 return []

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -380,3 +381,20 @@ async def test_a_duplicate_with_a_lease_leases_nothing(store: Store) -> None:
     again = msg(external_id="DUP")
     out = await store.insert_message(again, job_for(again), NOW, lease=Lease("w", time.time() + 30))
     assert not out.accepted and out.leased is None and out.id == m.id
+
+
+async def test_claims_take_finishing_work_oldest_first_across_kinds_before_routing(store: Store) -> None:
+    m = msg()
+    route = job_for(m)
+    await store.insert_message(m, route, NOW)  # enqueued first, yet claimed last
+    kinds: list[Any] = ["webhook", "deliver", "webhook", "deliver", "webhook"]
+    finishing = [
+        NewJob(id=new_id("job"), kind=kind, lane=f"{kind}\x1f{i}", max_attempts=3, run_at=time.time())
+        for i, kind in enumerate(kinds)
+    ]
+    for job in finishing:
+        await store.enqueue_jobs("t1", m.id, [job], NOW)
+    first = await store.claim_jobs("w", 3, time.time(), 30)
+    assert [j.id for j in first] == [j.id for j in finishing[:3]]
+    rest = await store.claim_jobs("w", 10, time.time(), 30)
+    assert [j.id for j in rest] == [finishing[3].id, finishing[4].id, route.id]
