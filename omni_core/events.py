@@ -15,7 +15,7 @@ import msgspec
 
 from omni_core.entities import TenantWebhook
 from omni_core.ids import new_id
-from omni_core.model import Message, iso, shareable, utcnow
+from omni_core.model import Message, now_iso, shareable
 from omni_core.store.base import NewJob
 
 MESSAGE_INBOUND = "message.inbound"
@@ -34,7 +34,7 @@ def envelope(event: str, data: Any) -> dict[str, Any]:
     """The body of a delivery: ``{"type", "timestamp", "data"}`` (data: the unified message, usually)."""
     if isinstance(data, Message):
         data = shareable(data)
-    return {"type": event, "timestamp": iso(utcnow()), "data": msgspec.to_builtins(data)}
+    return {"type": event, "timestamp": now_iso(), "data": msgspec.to_builtins(data)}
 
 
 def delivery_jobs(

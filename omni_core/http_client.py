@@ -76,7 +76,18 @@ class HubClient(httpx.AsyncClient):
         if response.has_redirect_location:
             response.next_request = self._build_redirect_request(request, response)
         try:
-            await response.aread()
+            body_stream = response.stream
+            if "content-encoding" in response.headers or not isinstance(body_stream, httpx.AsyncByteStream):
+                await response.aread()  # httpx decodes (gzip, br, ...)
+            else:
+                # An identity body: the transport's chunks joined, without httpx's per-chunk
+                # chunker and decoder generators (what ``aread`` leaves behind, set the same way).
+                response.is_stream_consumed = True
+                chunks = [chunk async for chunk in body_stream]
+                content = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                response._num_bytes_downloaded = len(content)
+                response._content = content
+                await response.aclose()
         except BaseException:
             await response.aclose()
             raise

@@ -8,7 +8,7 @@ tenants; instance state gauges have one series per instance.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -22,6 +22,7 @@ SLOW_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 class Metrics:
     def __init__(self, tenant_label: bool = True) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.tenant_label = tenant_label
         base = ["channel", "tenant"] if tenant_label else ["channel"]
         r = self.registry
@@ -63,6 +64,16 @@ class Metrics:
             ["channel", "instance", "state"],
             registry=r,
         )
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: prometheus-client takes a lock and re-checks the
+        label values on every call, several times per message. Not for metrics whose children are
+        removed (``instance_up``)."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def labels(self, channel: str, tenant: str) -> tuple[str, ...]:
         return (channel, tenant) if self.tenant_label else (channel,)

@@ -6,7 +6,8 @@ backends and the outbound API speak nothing else.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
@@ -34,6 +35,22 @@ STATUS_RANK: dict[str, int] = {
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+_EPOCH = datetime(1970, 1, 1)
+_now_ms = -1
+_now_text = ""
+
+
+def now_iso() -> str:
+    """``iso(utcnow())``, formatted once per millisecond: a message's steps ask for it dozens of times."""
+    global _now_ms, _now_text
+    ms = time.time_ns() // 1_000_000
+    if ms != _now_ms:
+        # From the integer: no float rounding can move the text to a neighbouring millisecond.
+        _now_text = (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds") + "Z"
+        _now_ms = ms
+    return _now_text
 
 
 def iso(dt: datetime) -> str:

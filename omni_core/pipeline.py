@@ -41,9 +41,8 @@ from omni_core.model import (
     MessageStatus,
     Sender,
     StatusUpdate,
-    iso,
+    now_iso,
     shareable,
-    utcnow,
 )
 from omni_core.otel import Telemetry
 from omni_core.outbound import split_enabled, split_outbound
@@ -97,7 +96,7 @@ def routable(message: Message) -> bool:
 def reply_messages(source: Message, reply: AgentReply, channel: str) -> list[Message]:
     """Outbound messages for an agent's reply parts, addressed to the chat the message came from."""
     out = []
-    stamp = iso(utcnow())
+    stamp = now_iso()
     for part in reply.parts:
         media = [Media(**_media_fields(m)) for m in part.media]
         content_type = _content_type(part.text, media)
@@ -168,7 +167,7 @@ class Pipeline:
     async def _ingest(
         self, channel: str, tenant: Tenant, payload: Any, instance_name: str | None, traceparent: str | None
     ) -> IngestResult:
-        received_at = iso(utcnow())
+        received_at = now_iso()
         began = time.perf_counter()
         instance = await self._known_instance(channel, tenant, instance_name)
         started = time.perf_counter()
@@ -184,7 +183,7 @@ class Pipeline:
         if instance is None and instance_name is not None and any(not isinstance(e, Ignored) for e in events):
             instance = await self.register_instance(channel, tenant, instance_name)
         results = [await self.store_event(channel, tenant, instance, event, ingest) for event in events]
-        self.metrics.ack_latency.labels(channel).observe(time.perf_counter() - began)
+        self.metrics.child(self.metrics.ack_latency, channel).observe(time.perf_counter() - began)
         if not results:
             return IngestResult(status="ignored", reason="no events in payload")
         # A webhook carries one event in practice; when several, the first message decides the answer.
@@ -208,7 +207,7 @@ class Pipeline:
         The request carried the tenant's webhook secret, so it is the tenant's: register it so
         its messages are kept (only once it sends something the hub keeps).
         """
-        now = iso(utcnow())
+        now = now_iso()
         created = Instance(
             id=new_id("ins"),
             tenant=tenant.id,
@@ -235,7 +234,7 @@ class Pipeline:
         ingest: IngestTiming | None = None,
     ) -> IngestResult:
         """Store one normalized event (a message, status, instance update, change) with its jobs."""
-        now = iso(utcnow())
+        now = now_iso()
         if isinstance(event, Message):
             if event.tenant != tenant.id:
                 raise ApiError(400, "invalid_payload", "normalized message names another tenant")
@@ -269,7 +268,7 @@ class Pipeline:
                     dispatcher.release(tenant.id)  # a duplicate, or the chat has work queued
             if event.direction == "inbound":
                 counter = self.metrics.received if outcome.accepted else self.metrics.duplicates
-                counter.labels(*self.metrics.labels(channel, tenant.id)).inc()
+                self.metrics.child(counter, *self.metrics.labels(channel, tenant.id)).inc()
             if outcome.accepted and ((job is not None and outcome.leased is None) or events):
                 self.on_enqueue()
             return IngestResult(status="accepted" if outcome.accepted else "duplicate", id=outcome.id)
@@ -332,7 +331,7 @@ class Pipeline:
         """Queue deliveries of a standalone event (one not tied to a message write)."""
         jobs = delivery_jobs(await self.store.list_webhooks(tenant), event, data, self.webhook_attempts)
         if jobs:
-            await self.store.enqueue_jobs(tenant, message_id, jobs, iso(utcnow()))
+            await self.store.enqueue_jobs(tenant, message_id, jobs, now_iso())
             self.on_enqueue()
 
     @property
@@ -370,12 +369,12 @@ class Pipeline:
     async def enqueue_outbound(self, message: Message, split: bool | None = None) -> list[str]:
         """Store an outbound message (or its parts) with deliver jobs; the ids, in sending order."""
         items = await self._outbound_items([message], split)
-        await self.store.insert_outbound(items, iso(utcnow()))
+        await self.store.insert_outbound(items, now_iso())
         self.on_enqueue()
         return [m.id for m, _ in items]
 
     async def retry_dead_job(self, job_id: str) -> Job | None:
-        job = await self.store.requeue_dead(job_id, time.time(), iso(utcnow()))
+        job = await self.store.requeue_dead(job_id, time.time(), now_iso())
         if job is not None:
             self.on_enqueue()
         return job
@@ -413,7 +412,7 @@ class Pipeline:
         except Paced as paced:
             # Over a send rate: wait in the queue (not an attempt, not a failure).
             await self._record(*traces)
-            await self.store.defer(job, time.time() + paced.seconds, iso(utcnow()))
+            await self.store.defer(job, time.time() + paced.seconds, now_iso())
         except Exception as exc:
             await self._record(*traces)
             bound = log.bind(job_id=job.id, message_id=job.message_id, tenant=job.tenant, kind=job.kind)
@@ -428,7 +427,7 @@ class Pipeline:
         """Hand the message to the agent; returns the backend and the store update that completes the job."""
         message, tenant = await self._load(job)
         if not routable(message):
-            return None, lambda rows: self.store.finish_route(job, message.status, [], iso(utcnow()), rows)
+            return None, lambda rows: self.store.finish_route(job, message.status, [], now_iso(), rows)
         history = await self.store.recent_messages(
             message.tenant, message.instance, message.chat.id, HISTORY_CONTEXT + 1
         )
@@ -444,21 +443,21 @@ class Pipeline:
             if pending is None:
                 # No agent backend is enabled for this tenant: the message is kept, nothing forwarded.
                 traces.append(self._row(job.tenant, "routed", "no_backend", message_id=message.id, job=job))
-                return None, lambda rows: self.store.finish_route(job, "received", [], iso(utcnow()), rows)
+                return None, lambda rows: self.store.finish_route(job, "received", [], now_iso(), rows)
             traces.append(self._row(job.tenant, "routed", "ok", message_id=message.id, job=job))
             called = time.perf_counter()
             try:
                 reply: AgentReply = await pending
             except Exception:
-                self.metrics.agent_latency.labels("unknown", "error").observe(time.perf_counter() - called)
+                self.metrics.child(self.metrics.agent_latency, "unknown", "error").observe(time.perf_counter() - called)
                 raise
-        self.metrics.agent_latency.labels(reply.backend, "ok").observe(time.perf_counter() - called)
+        self.metrics.child(self.metrics.agent_latency, reply.backend, "ok").observe(time.perf_counter() - called)
         items = await self._outbound_items(reply_messages(message, reply, message.source), traceparent=traceparent)
         traces.append(self._row(job.tenant, "agent_response", f"replies:{len(items)}", job=job, plugin=reply.backend))
 
         def finish(rows: Sequence[TraceRecord]) -> Awaitable[Finished]:
             lease = Lease(hand_off.owner, time.time() + hand_off.lease_seconds) if hand_off else None
-            return self.store.finish_route(job, "forwarded", items, iso(utcnow()), rows, lease)
+            return self.store.finish_route(job, "forwarded", items, now_iso(), rows, lease)
 
         return reply.backend, finish
 
@@ -489,13 +488,13 @@ class Pipeline:
             message.external_id = receipt.external_id
         webhooks = await self.store.list_webhooks(message.tenant)
         events = status_event_jobs(webhooks, message, self.webhook_attempts)
-        self.metrics.sent.labels(*self.metrics.labels(instance.channel, message.tenant)).inc()
+        self.metrics.child(self.metrics.sent, *self.metrics.labels(instance.channel, message.tenant)).inc()
         answered = message.content.metadata.get("in_reply_to")
         arrived = id_time(answered) if isinstance(answered, str) else None
         if arrived is not None:
-            self.metrics.end_to_end.labels(instance.channel).observe(max(0.0, time.time() - arrived))
+            self.metrics.child(self.metrics.end_to_end, instance.channel).observe(max(0.0, time.time() - arrived))
         return instance.channel, lambda rows: self.store.finish_deliver(
-            job, receipt.external_id, receipt.status, iso(utcnow()), events, rows
+            job, receipt.external_id, receipt.status, now_iso(), events, rows
         )
 
     async def _load(self, job: Job) -> tuple[Message, Tenant]:
@@ -514,7 +513,7 @@ class Pipeline:
         self, job: Job, exc: BaseException, stage: str, plugin: str | None, started: float, bound: Any
     ) -> None:
         error, status_code, retry_after, permanent = describe_failure(exc)
-        now = iso(utcnow())
+        now = now_iso()
         if job.kind == "deliver" and retry_after is not None and not permanent and isinstance(exc, ExternalError):
             # The platform said "too fast": pause that instance (or chat) and queue the message
             # again without spending an attempt, up to a bound.
@@ -579,7 +578,7 @@ class Pipeline:
     ) -> TraceRecord:
         """The trace row of one attempt (and its count in the metrics)."""
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        self.metrics.attempts.labels(job.kind, outcome).inc()
+        self.metrics.child(self.metrics.attempts, job.kind, outcome).inc()
         return self._row(
             job.tenant,
             stage,
@@ -615,7 +614,7 @@ class Pipeline:
             stage=stage,
             plugin=plugin,
             attempt=job.attempts if job else None,
-            at=at or iso(utcnow()),
+            at=at or now_iso(),
             duration_ms=duration_ms,
             outcome=outcome,
             status_code=status_code,

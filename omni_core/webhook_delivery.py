@@ -23,7 +23,7 @@ import structlog
 
 from omni_core import signing
 from omni_core.errors import ApiError
-from omni_core.model import iso, utcnow
+from omni_core.model import now_iso
 from omni_core.store.base import Job
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class WebhookSender:
         webhook_id = str(job.payload.get("webhook_id", ""))
         started = time.perf_counter()
         webhook = await store.get_webhook(webhook_id)
-        now = iso(utcnow())
+        now = now_iso()
         if webhook is None or webhook.tenant != job.tenant:
             await store.bury(job, "webhook was deleted", "dead", now)
             return
@@ -103,7 +103,7 @@ class WebhookSender:
             return
         # The attempt's record first, then the state change: whoever sees the outcome sees its attempt.
         await self._trace(job, "ok", status_code, started, None)
-        await store.finish_deliver(job, None, "sent", iso(utcnow()))
+        await store.finish_deliver(job, None, "sent", now_iso())
         await store.record_webhook_result(webhook.id, True, time.time())
         log.debug("webhook_delivered", job_id=job.id, webhook_id=webhook.id, status=status_code)
 
@@ -135,7 +135,7 @@ class WebhookSender:
     async def _failed(self, job: Job, webhook_id: str, exc: DeliveryFailed, started: float) -> None:
         store = self.pipeline.store
         settings = self.pipeline.settings
-        now = iso(utcnow())
+        now = now_iso()
         failing_since = await store.record_webhook_result(webhook_id, False, time.time())
         exhausted = job.attempts >= job.max_attempts
         if exc.final or exhausted:
@@ -156,7 +156,7 @@ class WebhookSender:
             return
         webhook.enabled = False
         webhook.disabled_reason = reason
-        webhook.updated_at = iso(utcnow())
+        webhook.updated_at = now_iso()
         await store.update_webhook(webhook)
         log.warning("webhook_disabled", webhook_id=webhook_id, tenant=webhook.tenant, reason=reason)
         await self.pipeline.emit(webhook.tenant, "webhook.disabled", {**webhook.public(), "reason": reason})

@@ -19,7 +19,7 @@ from omni_core.errors import ApiError, ExternalError
 from omni_core.hub import Hub
 from omni_core.ids import new_id
 from omni_core.lifecycle import InstanceInfo, QrCode
-from omni_core.model import iso, utcnow
+from omni_core.model import now_iso
 from omni_core.plugins import channels
 
 T = TypeVar("T")
@@ -75,7 +75,7 @@ async def create_instance(request: Request[Any, Any, Any], hub: Hub, principal: 
         raise ApiError(400, "unknown_channel", f"no installed plugin provides channel {body.channel!r}")
     # Everything else in the body is channel configuration (e.g. "evolution": {base_url, api_key}).
     options = {k: v for k, v in raw.items() if k not in ("instanceName", "tenant", "channel", "qrcode")}
-    now = iso(utcnow())
+    now = now_iso()
     instance = Instance(
         id=new_id("ins"),
         tenant=tenant.id,
@@ -103,7 +103,7 @@ async def create_instance(request: Request[Any, Any, Any], hub: Hub, principal: 
         instance.qrcode_base64 = info.qr.qrcode_base64
         instance.qrcode_code = info.qr.code
         instance.pairing_code = info.qr.pairing_code
-    instance.updated_at = iso(utcnow())
+    instance.updated_at = now_iso()
     await hub.store.update_instance(instance)
     out = instance.public()
     if info.qr is not None:
@@ -131,7 +131,7 @@ async def get_instance(instance_id: str, hub: Hub, principal: Principal) -> dict
             out["live"] = {"status": "ok", "state": info.state, "reason": info.reason}
             if info.state != instance.state:
                 instance.state, instance.state_reason = info.state, info.reason
-                instance.updated_at = iso(utcnow())
+                instance.updated_at = now_iso()
                 await hub.store.update_instance(instance)
                 out["state"], out["state_reason"] = info.state, info.reason
     return out
@@ -156,7 +156,7 @@ async def get_qr(instance_id: str, hub: Hub, principal: Principal) -> dict[str, 
                     qr.code,
                     qr.pairing_code,
                 )
-                instance.updated_at = iso(utcnow())
+                instance.updated_at = now_iso()
                 await hub.store.update_instance(instance)
             return qr_body(qr)
     # The latest QR the channel pushed to us (qrcode.updated webhook).

@@ -18,7 +18,7 @@ from omni_core.entities import Instance
 from omni_core.errors import ApiError
 from omni_core.hub import Hub
 from omni_core.ids import new_id
-from omni_core.model import Chat, Content, ContentType, Media, Message, Sender, iso, shareable, utcnow
+from omni_core.model import Chat, Content, ContentType, Media, Message, Sender, iso, now_iso, shareable
 from omni_core.plugins import channels
 from omni_core.store.base import HistoryQuery
 
@@ -125,7 +125,7 @@ async def _queue(
         chat=chat,
         sender=Sender(id=instance.name, is_self=True, is_bot=True),
         content=content,
-        timestamp=iso(utcnow()),
+        timestamp=now_iso(),
         reply_to=reply_to,
         status="queued",
     )
@@ -200,7 +200,7 @@ async def _inject_inbound(
         chat=chat,
         sender=Sender(id=body.sender.id, name=body.sender.name, is_bot=body.sender.is_bot),
         content=content,
-        timestamp=_timestamp("timestamp", body.timestamp) or iso(utcnow()),
+        timestamp=_timestamp("timestamp", body.timestamp) or now_iso(),
         reply_to=body.reply_to,
     )
     result = await hub.pipeline.store_event(body.source, tenant, instance, message)

@@ -15,7 +15,7 @@ from omni_core.entities import Tenant, merge_config
 from omni_core.errors import ApiError
 from omni_core.hub import Hub
 from omni_core.ids import new_id
-from omni_core.model import iso, utcnow
+from omni_core.model import now_iso
 
 TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -53,7 +53,7 @@ async def create_tenant(request: Request[Any, Any, Any], hub: Hub, principal: Pr
     tenant_id = body.id if body.id is not None else new_id("ten")
     if not TENANT_ID.match(tenant_id):
         raise ApiError(400, "invalid_request", "id must be 1-64 characters: letters, digits, '_', '.', '-'")
-    now = iso(utcnow())
+    now = now_iso()
     api_key = new_tenant_key()
     tenant = Tenant(
         id=tenant_id,
@@ -90,7 +90,7 @@ async def patch_tenant(
         tenant.name = _check_name(body.name)
     if body.config is not None:
         tenant.config = merge_config(tenant.config, body.config)
-    tenant.updated_at = iso(utcnow())
+    tenant.updated_at = now_iso()
     await hub.store.update_tenant(tenant)
     return tenant.public()
 

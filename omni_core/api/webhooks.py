@@ -18,7 +18,7 @@ from omni_core.errors import ApiError
 from omni_core.events import EVENTS
 from omni_core.hub import Hub
 from omni_core.ids import new_id
-from omni_core.model import iso, utcnow
+from omni_core.model import iso, now_iso
 from omni_core.store.base import Job, TraceRecord
 from omni_core.webhook_delivery import check_url_syntax, resolves_private
 
@@ -89,7 +89,7 @@ async def create_webhook(
     body = await parse_body(request, hub, WebhookCreate)
     if len(await hub.store.list_webhooks(tenant.id)) >= MAX_WEBHOOKS_PER_TENANT:
         raise ApiError(409, "too_many_webhooks", f"a tenant may have at most {MAX_WEBHOOKS_PER_TENANT} webhooks")
-    now = iso(utcnow())
+    now = now_iso()
     webhook = TenantWebhook(
         id=new_id("whk"),
         tenant=tenant.id,
@@ -140,7 +140,7 @@ async def patch_webhook(
         webhook.secret_previous = webhook.secret
         webhook.previous_valid_until = time.time() + hub.settings.webhook_secret_overlap_seconds
         webhook.secret = new_secret
-    webhook.updated_at = iso(utcnow())
+    webhook.updated_at = now_iso()
     await hub.store.update_webhook(webhook)
     out = webhook.public()
     if new_secret is not None:
@@ -217,7 +217,7 @@ async def replay_delivery(delivery_id: str, hub: Hub, principal: Principal) -> d
     if job.status in ("queued", "running"):
         raise ApiError(409, "delivery_pending", f"delivery {delivery_id} has not finished yet")
     # A new delivery of the same event (same webhook-id header, so receivers can deduplicate).
-    fresh = await hub.store.replay_job(job.id, new_id("dlv"), time.time(), iso(utcnow()))
+    fresh = await hub.store.replay_job(job.id, new_id("dlv"), time.time(), now_iso())
     if fresh is None:
         raise ApiError(404, "unknown_delivery", f"no delivery {delivery_id!r}")
     hub.pipeline.on_enqueue()

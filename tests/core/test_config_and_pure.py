@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,25 @@ def test_ids_sort_in_creation_order_and_carry_the_time() -> None:
     for char in body[:10]:
         ms = ms * 32 + alphabet.index(char)
     assert before <= ms <= time.time_ns() // 1_000_000
+
+
+@given(st.integers(min_value=0, max_value=4_102_444_800_000))  # 1970 .. 2100, in milliseconds
+def test_now_iso_formats_the_millisecond_exactly_as_iso(ms: int) -> None:
+    import omni_core.model as model
+
+    instant = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    model._now_ms = -1  # no cached text
+    original = model.time.time_ns
+    try:
+        model.time.time_ns = lambda: ms * 1_000_000 + 999_999  # type: ignore[assignment]
+        assert model.now_iso() == model.iso(instant)
+        assert model.now_iso() == model.iso(instant)  # the cached text
+    finally:
+        model.time.time_ns = original  # type: ignore[assignment]
+
+
+def test_now_iso_never_runs_backwards() -> None:
+    from omni_core.model import now_iso
+
+    seen = [now_iso() for _ in range(2000)]
+    assert seen == sorted(seen)

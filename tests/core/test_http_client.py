@@ -153,3 +153,43 @@ async def test_the_fast_send_path_behaves_like_httpx() -> None:
         await server.wait_closed()
     with pytest.raises(RuntimeError, match="closed"):
         await client.get(url + "/after-close")
+
+
+async def test_fast_path_bodies_read_like_httpx_plain_empty_and_gzip() -> None:
+    import gzip
+
+    packed = gzip.compress(b'{"reply":"ol\\u00e1"}')
+    answers = [
+        b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{"ok": true}',
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(packed), packed),
+    ]
+    index = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal index
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            writer.write(answers[index])
+            index += 1
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    client = make_http_client(Settings())
+    try:
+        plain = await client.get(url)
+        assert plain.json() == {"ok": True} and plain.num_bytes_downloaded == 12
+        assert plain.is_stream_consumed and plain.is_closed and await plain.aread() == b'{"ok": true}'
+        empty = await client.get(url)
+        assert empty.status_code == 204 and empty.content == b"" and empty.is_closed
+        zipped = await client.get(url)
+        assert zipped.json() == {"reply": "olá"} and zipped.num_bytes_downloaded == len(packed)
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
