@@ -47,10 +47,14 @@ def now_iso() -> str:
     global _now_ms, _now_text
     ms = time.time_ns() // 1_000_000
     if ms != _now_ms:
-        # From the integer: no float rounding can move the text to a neighbouring millisecond.
-        _now_text = (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds") + "Z"
+        _now_text = iso_ms(ms)
         _now_ms = ms
     return _now_text
+
+
+def iso_ms(ms: int) -> str:
+    """:func:`iso` of an epoch time in whole milliseconds (from the integer: no float rounding)."""
+    return (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds") + "Z"
 
 
 def iso(dt: datetime) -> str:

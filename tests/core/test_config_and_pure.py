@@ -14,6 +14,7 @@ from omni_core.config import ConfigError, load_settings
 from omni_core.entities import Tenant, merge_config, redact, strip_secrets
 from omni_core.errors import ApiError, PermanentError, TransientError, classify_status, parse_retry_after
 from omni_core.hub import Hub, session_id_for
+from omni_core.model import iso, iso_ms, now_iso
 from omni_core.retry import RetryPolicy
 
 
@@ -119,22 +120,14 @@ def test_ids_sort_in_creation_order_and_carry_the_time() -> None:
 
 
 @given(st.integers(min_value=0, max_value=4_102_444_800_000))  # 1970 .. 2100, in milliseconds
-def test_now_iso_formats_the_millisecond_exactly_as_iso(ms: int) -> None:
-    import omni_core.model as model
-
-    instant = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
-    model._now_ms = -1  # no cached text
-    original = model.time.time_ns
-    try:
-        model.time.time_ns = lambda: ms * 1_000_000 + 999_999  # type: ignore[assignment]
-        assert model.now_iso() == model.iso(instant)
-        assert model.now_iso() == model.iso(instant)  # the cached text
-    finally:
-        model.time.time_ns = original  # type: ignore[assignment]
+def test_the_millisecond_formatter_matches_iso(ms: int) -> None:
+    instant = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms, microseconds=999)
+    assert iso_ms(ms) == iso(instant)
 
 
-def test_now_iso_never_runs_backwards() -> None:
-    from omni_core.model import now_iso
-
+def test_now_iso_is_the_current_millisecond_and_never_runs_backwards() -> None:
+    before = iso(datetime.now(UTC))
     seen = [now_iso() for _ in range(2000)]
+    after = iso(datetime.now(UTC))
     assert seen == sorted(seen)
+    assert before <= seen[0] and seen[-1] <= after
