@@ -253,7 +253,9 @@ class Pipeline:
                 event.status = "sent"  # our own message, sent from the phone or another client
             events = message_event_jobs(await self.store.list_webhooks(tenant.id), event, self.webhook_attempts)
             traces = self._ingest_traces(tenant.id, channel, ingest or IngestTiming(received_at=now), now)
-            dispatcher = self.dispatcher if job is not None else None
+            # Direct dispatch needs serialized writes: on PostgreSQL two webhooks of one chat may
+            # commit concurrently, neither seeing the other's job, and both would start at once.
+            dispatcher = self.dispatcher if job is not None and self.store.serialized_writes else None
             lease = dispatcher.reserve(tenant.id) if dispatcher is not None else None
             try:
                 outcome = await self.store.insert_message(event, job, now, events, traces, lease)

@@ -124,6 +124,11 @@ class TraceRecord(msgspec.Struct, kw_only=True):
 class Store(ABC):
     """Async persistence for tenants, instances, messages, the job queue and traces."""
 
+    #: Whether a new message's job may be stored already leased (``insert_message(lease=...)``).
+    #: Only safe where writes are serialized: the lane check must see every earlier insert into
+    #: the lane, including one whose transaction has not committed yet.
+    serialized_writes: bool = False
+
     # --- life -----------------------------------------------------------------------------------
     @abstractmethod
     async def open(self) -> None:

@@ -104,6 +104,10 @@ def run_on_connection_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.C
 
 
 class SqliteStore(Store):
+    #: One writer connection runs every write in order (group commit), so a lane check inside a
+    #: write sees all earlier inserts: direct dispatch keeps each chat in order.
+    serialized_writes = True
+
     def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
         self.path = path
         self.synchronous = synchronous

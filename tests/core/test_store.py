@@ -398,3 +398,9 @@ async def test_claims_take_finishing_work_oldest_first_across_kinds_before_routi
     assert [j.id for j in first] == [j.id for j in finishing[:3]]
     rest = await store.claim_jobs("w", 10, time.time(), 30)
     assert [j.id for j in rest] == [finishing[3].id, finishing[4].id, route.id]
+
+
+async def test_only_a_store_with_serialized_writes_is_offered_direct_dispatch(store: Store) -> None:
+    # PostgreSQL commits concurrent ingests side by side: a lane check cannot see an uncommitted
+    # job of the same chat, so the pipeline never stores new jobs leased there.
+    assert store.serialized_writes is isinstance(store, SqliteStore)
