@@ -1037,23 +1037,32 @@ def _transaction(db: sqlite3.Connection, ops: list[WriteOp]) -> list[Any]:
     return results
 
 
-def _insert_job(db: sqlite3.Connection, job: NewJob, tenant: str, message_id: str | None, now: str) -> None:
-    db.execute(
+def _insert_job(
+    db: sqlite3.Connection, job: NewJob, tenant: str, message_id: str | None, now: str, lease: Lease | None = None
+) -> int:
+    """Insert a queued job, or with ``lease`` one already running for that owner; returns its seq."""
+    status, attempts, owner, until = ("running", 1, lease.owner, lease.until) if lease else ("queued", 0, None, None)
+    cur = db.execute(
         "INSERT INTO jobs (id, tenant_id, kind, lane, message_id, status, attempts, max_attempts, run_at, payload,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?)",
+        " lease_owner, lease_until, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             job.id,
             tenant,
             job.kind,
             job.lane,
             message_id,
+            status,
+            attempts,
             job.max_attempts,
             job.run_at,
             json_encode(job.payload),
+            owner,
+            until,
             now,
             now,
         ),
     )
+    return int(cur.lastrowid or 0)
 
 
 def _insert_leased_if_head(db: sqlite3.Connection, job: NewJob, message: Message, now: str, lease: Lease) -> Job | None:
@@ -1065,34 +1074,10 @@ def _insert_leased_if_head(db: sqlite3.Connection, job: NewJob, message: Message
     ).fetchone()
     if busy is not None:
         return None
-    seq = _insert_leased_job(db, job, message.tenant, message.id, now, lease)
+    seq = _insert_job(db, job, message.tenant, message.id, now, lease)
     db.execute("UPDATE messages SET status = 'processing' WHERE id = ?", (message.id,))
     message.status = "processing"
     return leased_job(job, seq, message.tenant, message, now, lease)
-
-
-def _insert_leased_job(
-    db: sqlite3.Connection, job: NewJob, tenant: str, message_id: str, now: str, lease: Lease
-) -> int:
-    cur = db.execute(
-        "INSERT INTO jobs (id, tenant_id, kind, lane, message_id, status, attempts, max_attempts, run_at, payload,"
-        " lease_owner, lease_until, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'running', 1, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            job.id,
-            tenant,
-            job.kind,
-            job.lane,
-            message_id,
-            job.max_attempts,
-            job.run_at,
-            json_encode(job.payload),
-            lease.owner,
-            lease.until,
-            now,
-            now,
-        ),
-    )
-    return int(cur.lastrowid or 0)
 
 
 def _close_job(db: sqlite3.Connection, job: Job, status: str, error: str | None, now: str) -> bool:
