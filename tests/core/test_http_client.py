@@ -12,8 +12,7 @@ from omni_core.http_client import make_http_client
 from omni_core.http_transport import PooledTransport
 
 
-async def _cookie_server() -> tuple[asyncio.Server, int, list[bytes]]:
-    """Answers every request with Set-Cookie and records each request's head."""
+async def _recording_server(answer: bytes) -> tuple[asyncio.Server, str, list[bytes]]:
     heads: list[bytes] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -23,23 +22,36 @@ async def _cookie_server() -> tuple[asyncio.Server, int, list[bytes]]:
             except (asyncio.IncompleteReadError, ConnectionError):
                 break
             heads.append(head)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nSet-Cookie: session=tenant-a; Path=/\r\n\r\nok")
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
+            if length:
+                await reader.readexactly(length)
+            writer.write(answer)
             await writer.drain()
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    return server, port, heads
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", heads
+
+
+#: Every answer sets a cookie: none may come back on a later request.
+COOKIE_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nSet-Cookie: session=tenant-a; Path=/\r\n\r\nok"
 
 
 @pytest.mark.parametrize("transport", ["pooled", "httpx"])
 async def test_no_cookie_from_one_request_rides_on_the_next(transport: str) -> None:
-    server, port, heads = await _cookie_server()
+    server, url, heads = await _recording_server(COOKIE_ANSWER)
     client = make_http_client(Settings(http_transport=transport))
     try:
-        first = await client.get(f"http://127.0.0.1:{port}/tenant-a")
+        first = await client.get(url + "/tenant-a")
         assert first.headers["set-cookie"].startswith("session=")
-        await client.get(f"http://127.0.0.1:{port}/tenant-b")
+        await client.get(url + "/tenant-b")
         assert len(heads) == 2
         assert b"cookie:" not in heads[1].lower()
         assert len(client.cookies.jar) == 0
@@ -72,10 +84,9 @@ def test_transport_setting_is_validated() -> None:
 
 
 async def test_parsed_urls_are_reused_and_each_request_keeps_its_own() -> None:
-    server, port, heads = await _cookie_server()
+    server, base, heads = await _recording_server(COOKIE_ANSWER)
     client = make_http_client(Settings())
     try:
-        base = f"http://127.0.0.1:{port}"
         for path in ("/a?x=1", "/b", "/a?x=1", "/message/sendText/inst%201"):
             response = await client.post(base + path, content=b"{}")
             assert response.status_code == 200
@@ -86,34 +97,6 @@ async def test_parsed_urls_are_reused_and_each_request_keeps_its_own() -> None:
         await client.aclose()
         server.close()
         await server.wait_closed()
-
-
-async def _recording_server(answer: bytes) -> tuple[asyncio.Server, str, list[bytes]]:
-    heads: list[bytes] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
-                break
-            heads.append(head)
-            length = next(
-                (
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                ),
-                0,
-            )
-            if length:
-                await reader.readexactly(length)
-            writer.write(answer)
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", heads
 
 
 async def test_the_fast_send_path_behaves_like_httpx() -> None:
