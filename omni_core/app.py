@@ -6,13 +6,15 @@ import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 import structlog
 from litestar import Litestar
 from litestar.di import Provide
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
+from litestar.types import HTTPScope, LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 
 from omni_core.api import instances, messages, observability, system, tenants, webhooks
 from omni_core.api.common import (
@@ -33,7 +35,7 @@ from omni_core.plugins import make_plugin_manager
 from omni_core.retention import purge_loop
 from omni_core.store.base import Store
 from omni_core.store.factory import make_store
-from omni_core.webhook_route import WebhookRoute, mount_webhook_routes
+from omni_core.webhook_route import WebhookDispatcher, WebhookRoute
 from omni_core.worker import WorkerPool
 
 log = structlog.get_logger("omni.app")
@@ -76,13 +78,37 @@ async def _maybe_await(results: list[Any]) -> None:
             await result
 
 
+class HubApp(Litestar):
+    """The hub's Litestar app, with channel webhooks dispatched before Litestar's own stack.
+
+    Webhooks are the hottest path; :class:`WebhookDispatcher` answers them as plain ASGI. Every
+    other request (the REST API, health, metrics) goes through Litestar as usual.
+    """
+
+    webhooks: WebhookDispatcher | None = None
+
+    async def __call__(
+        self,
+        scope: Scope | LifeSpanScope,
+        receive: Receive | LifeSpanReceive,
+        send: Send | LifeSpanSend,
+    ) -> None:
+        if scope["type"] == ScopeType.HTTP and self.webhooks is not None:
+            http_scope = cast("HTTPScope", scope)
+            mount = self.webhooks.find(http_scope["path"])
+            if mount is not None:
+                await self.webhooks.handle(mount, http_scope, cast("Receive", receive), cast("Send", send))
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: Settings,
     *,
     pm: pluggy.PluginManager | None = None,
     store: Store | None = None,
     start_workers: bool | None = None,
-) -> Litestar:
+) -> HubApp:
     """Build the hub. Nothing touches the disk or network until the app starts (lifespan)."""
     pm = pm or make_plugin_manager(disabled=settings.plugins_disabled)
     # OMNI_WORKERS=0 makes an API-only process: it accepts and stores, others do the work.
@@ -136,9 +162,9 @@ def create_app(
             log.info("hub_stopped")
 
     plugin_routes = [handler for group in pm.hook.omni_routes(hub=hub) for handler in (group or [])]
-    webhook_mounts = mount_webhook_routes([r for r in plugin_routes if isinstance(r, WebhookRoute)])
-    plugin_routes = [r for r in plugin_routes if not isinstance(r, WebhookRoute)] + webhook_mounts
-    app = Litestar(
+    webhooks = WebhookDispatcher(hub, [r for r in plugin_routes if isinstance(r, WebhookRoute)])
+    plugin_routes = [r for r in plugin_routes if not isinstance(r, WebhookRoute)]
+    app = HubApp(
         route_handlers=[*CORE_ROUTES, *plugin_routes],
         dependencies={
             "hub": Provide(provide_hub, sync_to_thread=False),
@@ -155,4 +181,5 @@ def create_app(
         debug=False,
     )
     app.state.hub = hub
+    app.webhooks = webhooks
     return app
