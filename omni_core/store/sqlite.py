@@ -1,18 +1,17 @@
 """Embedded default store: SQLite through aiosqlite, WAL mode.
 
-Writes go through one writer task that runs every write queued meanwhile in a single
-transaction (group commit): under load many webhooks share one commit, so acknowledging
-each only after its commit stays cheap. Each transaction runs as one plain function on
-aiosqlite's connection thread (one thread hop per batch, not one per statement); reads do
-the same on a second connection, which WAL lets run beside the writer. One hub process
+Writes go through one writer thread that runs every write queued meanwhile in a single
+transaction (group commit, :mod:`omni_core.store.sqlite_writer`): under load many webhooks
+share one commit, so acknowledging each only after its commit stays cheap. Each write is one
+plain function run inside that transaction (one thread hop per batch, not one per statement);
+reads run the same way on a second connection (aiosqlite's thread), which WAL lets run beside
+the writer. One hub process
 owns a database file (an exclusive lock file enforces it), which is what lets it release
 every stale lease at start-up.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import fcntl
 import os
 import sqlite3
@@ -69,13 +68,11 @@ from omni_core.store.rows import (
     webhook_row,
     where,
 )
+from omni_core.store.sqlite_writer import GroupCommitWriter, WriteOp, WriterConnection, flush_rows, insert_rows
 
 T = TypeVar("T")
-#: A unit of work run on the connection's own thread inside the writer's transaction.
-WriteOp = Callable[[sqlite3.Connection], Any]
 log = structlog.get_logger("omni.store")
-
-MAX_BATCH = 512
+WAL_CHECKPOINT_PAGES = 10_000
 
 
 class StoreLockedError(RuntimeError):
@@ -111,11 +108,8 @@ class SqliteStore(Store):
     def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
         self.path = path
         self.synchronous = synchronous
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: GroupCommitWriter | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._pending: list[tuple[WriteOp, asyncio.Future[Any]]] = []
-        self._wake = asyncio.Event()
-        self._writer_task: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
         self._closing = False
         # Tenants and instances are read on every webhook and change rarely. This process is
@@ -135,25 +129,37 @@ class SqliteStore(Store):
         if self.path != ":memory:":
             Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start-up
             self._lock_fd = take_file_lock(self.path)
+        self._closing = False
         try:
-            self._writer = await self._connect()
+            self._writer = GroupCommitWriter(self._connect)
+            await self._writer.open()
             self.applied_migrations = await self.migrate()
-            self._reader = await self._connect()
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
+            await run_on_connection_thread(self._reader, self._configure)
         except BaseException:
             await self.close()
             raise
-        self._closing = False
-        self._wake = asyncio.Event()
-        self._writer_task = asyncio.create_task(self._write_loop(), name="omni-sqlite-writer")
 
-    async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        await conn.execute("PRAGMA foreign_keys=ON")
-        await conn.execute("PRAGMA busy_timeout=5000")
-        await conn.execute("PRAGMA cache_size=-65536")
+    def _connect(self) -> sqlite3.Connection:
+        """The writer's connection (opened on the writer's thread)."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, factory=WriterConnection)
+        try:
+            self._configure(conn)
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA cache_size=-65536")
+        # Checkpoint every ~40 MB of WAL instead of SQLite's 4 MB: a hot index page changed by
+        # many commits is copied back once per checkpoint, not once per 4 MB (the writer's
+        # batches took ~10% less time under webhook load; docs/performance.md).
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations; returns the names applied."""
@@ -181,20 +187,17 @@ class SqliteStore(Store):
                 applied.append(name)
             return applied
 
-        applied: list[str] = await run_on_connection_thread(self._writer, apply)
+        applied: list[str] = await self._writer.call(apply)
         for name in applied:
             log.info("migration_applied", migration=name)
         return applied
 
     async def close(self) -> None:
         self._closing = True
-        self._wake.set()
-        if self._writer_task is not None:
-            await self._writer_task
-            self._writer_task = None
-        for conn in (self._reader, self._writer):
-            if conn is not None:
-                await conn.close()
+        if self._writer is not None:
+            await self._writer.close()
+        if self._reader is not None:
+            await self._reader.close()
         self._reader = self._writer = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -235,40 +238,7 @@ class SqliteStore(Store):
         """Run ``op`` inside the writer's next transaction and return its result after COMMIT."""
         if self._closing or self._writer is None:
             raise RuntimeError("store is closed")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((op, fut))
-        self._wake.set()
-        return await fut
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch = self._pending[:MAX_BATCH]
-                del self._pending[:MAX_BATCH]
-                await self._run_batch(batch)
-            if self._closing:
-                return
-
-    async def _run_batch(self, batch: list[tuple[WriteOp, asyncio.Future[Any]]]) -> None:
-        conn = self._writer
-        assert conn is not None
-        ops = [op for op, _ in batch]
-        try:
-            results = await run_on_connection_thread(conn, lambda db: _transaction(db, ops))
-        except Exception as exc:
-            # One op failed and the whole batch rolled back. Re-run each op alone so only the
-            # faulty one reports its error and the others still commit.
-            if len(batch) > 1:
-                for item in batch:
-                    await self._run_batch([item])
-            elif not batch[0][1].done():
-                batch[0][1].set_exception(exc)
-            return
-        for (_, fut), value in zip(batch, results, strict=True):
-            if not fut.done():
-                fut.set_result(value)
+        return await self._writer.write(op)
 
     # --- tenants --------------------------------------------------------------------------------
     async def create_tenant(self, tenant: Tenant, api_key_hash: str) -> bool:
@@ -330,6 +300,7 @@ class SqliteStore(Store):
         def op(db: sqlite3.Connection) -> bool:
             db.execute("DELETE FROM jobs WHERE tenant_id = ?", (tenant_id,))
             db.execute("DELETE FROM messages WHERE tenant_id = ?", (tenant_id,))
+            flush_rows(db)  # traces deferred by earlier writes of this batch go too
             db.execute("DELETE FROM traces WHERE tenant_id = ?", (tenant_id,))
             return db.execute("DELETE FROM tenants WHERE id = ?", (tenant_id,)).rowcount == 1
 
@@ -456,7 +427,7 @@ class SqliteStore(Store):
                     _insert_job(db, new_job, message.tenant, message.id, now)
                 outcome = InsertOutcome(accepted=True, id=message.id, leased=leased)
             if traces:
-                db.executemany(INSERT_TRACE, ingest_trace_rows(traces, outcome.id, outcome.accepted))
+                insert_rows(db, INSERT_TRACE, ingest_trace_rows(traces, outcome.id, outcome.accepted))
             return outcome
 
         result: InsertOutcome = await self._write(op)
@@ -680,7 +651,7 @@ class SqliteStore(Store):
                             continue
                     _insert_job(db, new_job, message.tenant, message.id, now)
             if trace_rows:
-                db.executemany(INSERT_TRACE, trace_rows)
+                insert_rows(db, INSERT_TRACE, trace_rows)
             return Finished(ok=True, next_job=next_job)
 
         result: Finished = await self._write(op)
@@ -701,7 +672,7 @@ class SqliteStore(Store):
             if not _close_job(db, job, "done", None, now):
                 return False
             if trace_rows:
-                db.executemany(INSERT_TRACE, trace_rows)
+                insert_rows(db, INSERT_TRACE, trace_rows)
             if job.message_id is None or job.kind == "webhook":
                 return True  # a webhook delivery reports on a message; it does not change it
             new_status = status
@@ -952,7 +923,7 @@ class SqliteStore(Store):
         rows = [trace_row(r) for r in records]
 
         def op(db: sqlite3.Connection) -> None:
-            db.executemany(INSERT_TRACE, rows)
+            insert_rows(db, INSERT_TRACE, rows)
 
         await self._write(op)
 
@@ -973,6 +944,7 @@ class SqliteStore(Store):
 
     async def purge(self, traces_before: str, jobs_before: str, messages_before: Mapping[str, str]) -> dict[str, int]:
         def op(db: sqlite3.Connection) -> dict[str, int]:
+            flush_rows(db)
             counts = {
                 "traces": db.execute("DELETE FROM traces WHERE at < ?", (traces_before,)).rowcount,
                 "jobs": db.execute(
@@ -1023,18 +995,6 @@ def take_file_lock(path: str) -> int:
         os.close(fd)
         raise StoreLockedError(f"database {path} is in use by another hub process") from None
     return fd
-
-
-def _transaction(db: sqlite3.Connection, ops: list[WriteOp]) -> list[Any]:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        results = [op(db) for op in ops]
-        db.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(Exception):
-            db.execute("ROLLBACK")
-        raise
-    return results
 
 
 def _insert_job(
