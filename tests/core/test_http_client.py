@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from omni_core.config import ConfigError, Settings, load_settings
 from omni_core.http_client import make_http_client
@@ -176,3 +179,40 @@ async def test_fast_path_bodies_read_like_httpx_plain_empty_and_gzip() -> None:
         await client.aclose()
         server.close()
         await server.wait_closed()
+
+
+_header_names = st.sampled_from(
+    ["Content-Type", "Authorization", "User-Agent", "Accept", "Host", "Content-Length", "Transfer-Encoding", "X-Trace"]
+)
+_header_values = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789 /;=-", min_size=0, max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    method=st.sampled_from(["GET", "POST", "put", "PATCH", "DELETE", "HEAD"]),
+    url=st.sampled_from(["http://127.0.0.1:8080/process", "https://api.example.test/x?y=1", "http://h/"]),
+    content=st.one_of(st.none(), st.binary(max_size=40)),
+    headers=st.one_of(st.none(), st.dictionaries(_header_names, _header_values, max_size=5)),
+    timeout=st.one_of(st.just(httpx.USE_CLIENT_DEFAULT), st.floats(min_value=0.1, max_value=60), st.none()),
+)
+def test_the_fast_request_builder_builds_what_httpx_builds(
+    method: str, url: str, content: bytes | None, headers: dict[str, str] | None, timeout: Any
+) -> None:
+    client = make_http_client(Settings())
+    fast = client.build_request(method, url, content=content, headers=headers, timeout=timeout)
+    slow = httpx.AsyncClient.build_request(client, method, url, content=content, headers=headers, timeout=timeout)
+    assert fast.method == slow.method
+    assert fast.url == slow.url
+    assert fast.headers.raw == slow.headers.raw
+    assert fast.content == slow.content
+    assert fast.extensions == slow.extensions
+    again = client.build_request(method, url, content=content, timeout=timeout)
+    assert fast.extensions["timeout"] is not again.extensions["timeout"]  # never shared between requests
+
+
+def test_other_request_shapes_take_httpx_own_builder() -> None:
+    client = make_http_client(Settings())
+    for kwargs in ({"json": {"a": 1}}, {"params": {"q": "1"}}, {"data": {"a": "b"}}, {"content": "text"}):
+        fast = client.build_request("POST", "http://h/p", **kwargs)
+        slow = httpx.AsyncClient.build_request(client, "POST", "http://h/p", **kwargs)
+        assert (fast.url, fast.headers.raw, fast.content) == (slow.url, slow.headers.raw, slow.content)
