@@ -17,31 +17,32 @@ import contextlib
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 #: A unit of work run on the connection's own thread inside the writer's transaction.
 WriteOp = Callable[[sqlite3.Connection], Any]
 
 MAX_BATCH = 512
-#: Rows per multi-row INSERT, largest first: few distinct statements (each is prepared once and
-#: cached) and few steps; 64 rows of a dozen columns stay far below SQLite's 32,766 variables.
-_CHUNKS = (64, 16, 4, 1)
+#: Rows per multi-row INSERT, largest first: few distinct statements (each prepared once and
+#: cached), at most seven for up to 127 rows; 64 rows of a dozen columns stay far below
+#: SQLite's 32,766 variables.
+_CHUNKS = (64, 32, 16, 8, 4, 2, 1)
 
 
 class WriterConnection(sqlite3.Connection):
     """The writer's connection: plain row inserts can wait for the end of the transaction.
 
-    Each statement a write runs hands the GIL back and takes it again when SQLite returns; with
-    the event loop busy, that wait cost the writer more than SQLite's own work (a batch of 30
-    webhooks: ~150 statements, ~4 ms of 9 ms waiting). Rows nobody reads inside the transaction
-    (traces) are deferred and inserted together, many per statement, just before COMMIT.
+    Trace rows (three per webhook, more per job step) took ~18% of the writer's time as one
+    statement per row, each handing the GIL back to the busy event loop and waiting to take it
+    again. Rows nobody reads inside the transaction are deferred and inserted together, up to
+    64 per statement, just before COMMIT (~9% of the writer's time, py-spy and per-batch timers
+    under webhook load).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deferred: dict[str, list[tuple[Any, ...]]] = {}
-        self._multi_sql: dict[tuple[str, int], str] = {}
 
     def defer_rows(self, insert_sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
         """Insert ``rows`` with ``insert_sql`` (``INSERT ... VALUES (?, ...)``) before this transaction commits."""
@@ -53,26 +54,10 @@ class WriterConnection(sqlite3.Connection):
             return
         deferred, self._deferred = self._deferred, {}
         for sql, rows in deferred.items():
-            start = 0
-            for size in _CHUNKS:
-                while len(rows) - start >= size:
-                    chunk = rows[start : start + size]
-                    start += size
-                    if size == 1:
-                        self.execute(sql, chunk[0])
-                    else:
-                        self.execute(self._multi(sql, size), [value for row in chunk for value in row])
+            insert_many(self, sql, rows)
 
     def discard_deferred(self) -> None:
         self._deferred = {}
-
-    def _multi(self, sql: str, rows: int) -> str:
-        key = (sql, rows)
-        found = self._multi_sql.get(key)
-        if found is None:
-            head, _, group = sql.rpartition(" VALUES ")
-            found = self._multi_sql[key] = f"{head} VALUES {', '.join([group] * rows)}"
-        return found
 
 
 class _Item:
@@ -195,6 +180,32 @@ class GroupCommitWriter:
     def _resolve_stopped(self) -> None:
         if self._stopped is not None:
             self._post(_succeed, self._stopped, None)
+
+
+_multi_sql: dict[tuple[str, str, int], str] = {}
+
+
+def insert_many(db: sqlite3.Connection, insert_sql: str, rows: Sequence[tuple[Any, ...]], suffix: str = "") -> int:
+    """Insert ``rows`` with ``insert_sql`` (``INSERT ... VALUES (?, ...)``), many per statement.
+
+    ``suffix`` goes after the VALUES list (``ON CONFLICT DO NOTHING``). Returns how many rows
+    went in. (Not ``RETURNING``: every returned row is one more step, and each step hands the
+    GIL back.)
+    """
+    inserted = 0
+    start = 0
+    for size in _CHUNKS:
+        while len(rows) - start >= size:
+            chunk = rows[start : start + size]
+            start += size
+            key = (insert_sql, suffix, size)
+            sql = _multi_sql.get(key)
+            if sql is None:
+                head, _, group = insert_sql.rpartition(" VALUES ")
+                sql = _multi_sql[key] = f"{head} VALUES {', '.join([group] * size)}{suffix}"
+            params = chunk[0] if size == 1 else [value for row in chunk for value in row]
+            inserted += db.execute(sql, params).rowcount
+    return inserted
 
 
 def _transaction(db: sqlite3.Connection, ops: list[WriteOp]) -> list[Any]:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omni_core.store.sqlite_writer import GroupCommitWriter, WriterConnection, flush_rows, insert_rows
+from omni_core.store.sqlite_writer import GroupCommitWriter, WriterConnection, flush_rows, insert_many, insert_rows
 
 INSERT = "INSERT INTO t (a, b) VALUES (?, ?)"
 
@@ -173,3 +173,11 @@ async def test_open_raises_when_the_connection_cannot_be_opened(tmp_path: Path) 
         await w.open()
     with pytest.raises(RuntimeError, match="closed"):
         w.write(insert(1))
+
+
+def test_insert_many_counts_the_rows_that_went_in(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, a INTEGER NOT NULL UNIQUE, b TEXT)")
+    db.execute("INSERT INTO t (a, b) VALUES (5, 'old')")
+    assert insert_many(db, INSERT, [(i, "n") for i in range(90)], " ON CONFLICT DO NOTHING") == 89
+    assert [r[0] for r in db.execute("SELECT a FROM t ORDER BY id")] == [5, *(i for i in range(90) if i != 5)]

@@ -404,3 +404,75 @@ async def test_only_a_store_with_serialized_writes_is_offered_direct_dispatch(st
     # PostgreSQL commits concurrent ingests side by side: a lane check cannot see an uncommitted
     # job of the same chat, so the pipeline never stores new jobs leased there.
     assert store.serialized_writes is isinstance(store, SqliteStore)
+
+
+async def test_webhooks_stored_together_keep_dedup_order_and_traces(store: Store) -> None:
+    """Many inserts at once (one group-commit batch on SQLite, multi-row statements): the same
+    answers as one at a time, including duplicates inside the batch and of stored messages."""
+    stored_before = msg(external_id="OLD")
+    await store.insert_message(stored_before, job_for(stored_before), NOW)
+    [old_job] = await store.claim_jobs("w", 10, time.time(), 30)
+    assert await store.finish_route(old_job, "forwarded", [], NOW)
+
+    chats = ["a", "b", "a", "c", "a"]
+    batch = [msg(chat=c, external_id=f"N{i}", text=f"m{i}") for i, c in enumerate(chats)]
+    batch.insert(2, msg(chat="a", external_id="N0"))  # duplicates one earlier in the same batch
+    batch.append(msg(chat="b", external_id="OLD"))  # duplicates a stored one
+    batch.append(msg(chat="d"))  # no external id: never a duplicate
+
+    def traces(m: Message) -> list[TraceRecord]:
+        return [TraceRecord(tenant="t1", stage=s, outcome="ok", at=NOW) for s in ("received", "deduplicated")]
+
+    leased = msg(chat="e")
+    outs = await asyncio.gather(
+        *(store.insert_message(m, job_for(m), NOW, traces=traces(m)) for m in batch),
+        store.insert_message(leased, job_for(leased), NOW, lease=Lease("w", time.time() + 30)),
+    )
+    *plain, leased_out = outs
+    accepted = [m for m, out in zip(batch, plain, strict=True) if out.accepted]
+    # On PostgreSQL concurrent inserts commit in any order: either copy of N0 may come first.
+    assert sorted(m.external_id or "" for m in accepted) == ["", "N0", "N1", "N2", "N3", "N4"]
+    assert plain[0].id == plain[2].id and plain[0].accepted != plain[2].accepted
+    if store.serialized_writes:  # SQLite: one batch, in submission order
+        assert [m.content.text for m in accepted] == ["m0", "m1", "m2", "m3", "m4", "hi"]
+    assert plain[-2].id == stored_before.id and not plain[-2].accepted
+    assert leased_out.accepted and leased_out.leased is not None
+    for m, out in zip(batch, plain, strict=True):
+        assert [t.stage for t in await store.traces_for_message(out.id)][-2:] == ["received", "deduplicated"]
+        if out.accepted:
+            assert (await store.get_message(m.id)) is not None
+    # One job per accepted message, each chat's jobs in arrival order.
+    seen: list[str | None] = []
+    while claimed := await store.claim_jobs("w", 50, time.time(), 30):
+        for job in claimed:
+            seen.append(job.message_id)
+            assert await store.finish_route(job, "forwarded", [], NOW)
+    assert sorted(str(s) for s in seen) == sorted(m.id for m in accepted)
+    if store.serialized_writes:
+        chat_a = [m.id for m in accepted if m.chat.id == "a"]
+        assert [s for s in seen if s in chat_a] == chat_a
+
+
+async def test_one_sqlite_batch_of_inserts_with_duplicates_answers_like_one_at_a_time(
+    sqlite_store: SqliteStore,
+) -> None:
+    import threading
+
+    old = msg(external_id="OLD")
+    await sqlite_store.insert_message(old, job_for(old), NOW)
+    writer = sqlite_store._writer
+    assert writer is not None
+    gate = threading.Event()
+    blocked = writer.write(lambda db: gate.wait(5))  # the next writes queue up into one batch
+    await asyncio.sleep(0.05)
+    batch = [msg(external_id="A"), msg(external_id="OLD"), msg(external_id="A"), msg(external_id="B"), msg()]
+    pending = [asyncio.ensure_future(sqlite_store.insert_message(m, job_for(m), NOW)) for m in batch]
+    await asyncio.sleep(0.05)
+    gate.set()
+    await blocked
+    outs = await asyncio.gather(*pending)
+    assert [o.accepted for o in outs] == [True, False, False, True, True]
+    assert [o.id for o in outs] == [batch[0].id, old.id, batch[0].id, batch[3].id, batch[4].id]
+    assert await sqlite_store.get_message(batch[2].id) is None
+    claimed = await sqlite_store.claim_jobs("w", 50, time.time(), 30)
+    assert [j.message_id for j in claimed] == [old.id]  # one chat: the lane's head only
