@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import msgspec
@@ -10,9 +11,27 @@ import msgspec
 SECRET_KEY_PARTS = ("key", "token", "secret", "password", "credential")
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(name: str) -> bool:
+    # Cached: the same few metadata and config keys are checked for every message a history
+    # page or an agent context shows.
     lowered = name.lower()
     return any(part in lowered for part in SECRET_KEY_PARTS)
+
+
+def has_secret(value: Any) -> bool:
+    """Whether :func:`redact` would change ``value`` (a secret-named key with a value set)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if is_secret_key(str(k)) and not isinstance(v, dict | list):
+                if v not in (None, ""):
+                    return True
+            elif has_secret(v):
+                return True
+        return False
+    if isinstance(value, list):
+        return any(has_secret(v) for v in value)
+    return False
 
 
 def redact(value: Any) -> Any:

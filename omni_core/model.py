@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from omni_core.entities import has_secret, redact
+
 Direction = Literal["inbound", "outbound"]
 ChatType = Literal["direct", "group", "channel"]
 ContentType = Literal[
@@ -210,12 +212,8 @@ def shareable(message: Message) -> Message:
     Channels keep what they need to answer (e.g. a Discord interaction token) in
     ``content.metadata``; API readers, agents and tenant webhooks get ``"***"`` instead.
     """
-    from omni_core.entities import redact
-
     metadata = message.content.metadata
-    if not metadata:
+    if not metadata or not has_secret(metadata):  # the usual case: nothing to copy
         return message
     cleaned = redact(metadata)
-    if cleaned == metadata:
-        return message
     return msgspec.structs.replace(message, content=msgspec.structs.replace(message.content, metadata=cleaned))

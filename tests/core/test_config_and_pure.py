@@ -5,16 +5,17 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from omni_core.config import ConfigError, load_settings
-from omni_core.entities import Tenant, merge_config, redact, strip_secrets
+from omni_core.entities import Tenant, has_secret, merge_config, redact, strip_secrets
 from omni_core.errors import ApiError, PermanentError, TransientError, classify_status, parse_retry_after
 from omni_core.hub import Hub, session_id_for
-from omni_core.model import iso, iso_ms, now_iso
+from omni_core.model import Chat, Content, Message, Sender, iso, iso_ms, now_iso, shareable
 from omni_core.retry import RetryPolicy
 
 
@@ -131,3 +132,35 @@ def test_now_iso_is_the_current_millisecond_and_never_runs_backwards() -> None:
     after = iso(datetime.now(UTC))
     assert seen == sorted(seen)
     assert before <= seen[0] and seen[-1] <= after
+
+
+_json_leaves = st.one_of(st.none(), st.just(""), st.booleans(), st.integers(), st.text(max_size=5))
+_keys = st.sampled_from(["text", "api_key", "Token", "chat", "password", "SECRETS", "id", "credentials", "n"])
+_trees = st.recursive(
+    _json_leaves,
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(_keys, children, max_size=4)),
+    max_leaves=20,
+)
+
+
+@given(_trees)
+def test_has_secret_is_true_exactly_when_redact_changes_the_tree(tree: Any) -> None:
+    assert has_secret(tree) == (redact(tree) != tree)
+
+
+@given(st.dictionaries(_keys, _trees, max_size=4))
+def test_shareable_redacts_only_when_there_is_a_secret(metadata: dict[str, Any]) -> None:
+    message = Message(
+        id="msg_1",
+        source="whatsapp",
+        tenant="t",
+        instance="i",
+        direction="inbound",
+        chat=Chat(id="c"),
+        sender=Sender(id="s"),
+        content=Content(text="hi", metadata=metadata),
+        timestamp="2026-01-01T00:00:00.000Z",
+    )
+    shared = shareable(message)
+    assert shared.content.metadata == redact(metadata)
+    assert (shared is message) == (not has_secret(metadata))
