@@ -68,7 +68,6 @@ from omni_core.store.rows import (
     webhook_row,
     where,
 )
-from omni_core.store.sqlite_checkpoint import BACKSTOP_PAGES, Checkpointer
 from omni_core.store.sqlite_writer import GroupCommitWriter, WriteOp, WriterConnection, flush_rows, insert_rows
 
 T = TypeVar("T")
@@ -110,7 +109,6 @@ class SqliteStore(Store):
         self.synchronous = synchronous
         self._writer: GroupCommitWriter | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._checkpointer: Checkpointer | None = None
         self._lock_fd: int | None = None
         self._closing = False
         # Tenants and instances are read on every webhook and change rarely. This process is
@@ -137,9 +135,6 @@ class SqliteStore(Store):
             self.applied_migrations = await self.migrate()
             self._reader = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
             await run_on_connection_thread(self._reader, self._configure)
-            if self.path != ":memory:":
-                self._checkpointer = Checkpointer(self._checkpoint_connection)
-                self._checkpointer.start()
         except BaseException:
             await self.close()
             raise
@@ -160,16 +155,6 @@ class SqliteStore(Store):
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA cache_size=-65536")
-        if self.path != ":memory:":
-            # The checkpointer thread copies the WAL back; a connection's own checkpoint at
-            # COMMIT is only the backstop (sqlite_checkpoint.py).
-            conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
-
-    def _checkpoint_connection(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA busy_timeout=5000")
-        return conn
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations; returns the names applied."""
@@ -204,9 +189,6 @@ class SqliteStore(Store):
 
     async def close(self) -> None:
         self._closing = True
-        if self._checkpointer is not None:
-            await self._checkpointer.stop()
-            self._checkpointer = None
         if self._writer is not None:
             await self._writer.close()
         if self._reader is not None:
