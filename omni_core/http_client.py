@@ -44,7 +44,6 @@ class HubClient(httpx.AsyncClient):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._urls: dict[str, httpx.URL] = {}
-        self._timeouts: dict[float, dict[str, float | None]] = {}
 
     def build_request(
         self,
@@ -122,13 +121,6 @@ class HubClient(httpx.AsyncClient):
     def _timeout_extension(self, timeout: TimeoutTypes | UseClientDefault) -> dict[str, float | None]:
         if isinstance(timeout, UseClientDefault):
             return self.timeout.as_dict()
-        if isinstance(timeout, int | float):
-            found = self._timeouts.get(timeout)
-            if found is None:
-                if len(self._timeouts) >= 64:
-                    self._timeouts.clear()
-                found = self._timeouts[timeout] = httpx.Timeout(timeout).as_dict()
-            return dict(found)  # a fresh dict per request, as httpx gives
         return httpx.Timeout(timeout).as_dict()
 
     async def send(

@@ -182,27 +182,22 @@ class GroupCommitWriter:
             self._post(_succeed, self._stopped, None)
 
 
-_multi_sql: dict[tuple[str, str, int], str] = {}
+_multi_sql: dict[tuple[str, int], str] = {}
 
 
-def insert_many(db: sqlite3.Connection, insert_sql: str, rows: Sequence[tuple[Any, ...]], suffix: str = "") -> int:
-    """Insert ``rows`` with ``insert_sql`` (``INSERT ... VALUES (?, ...)``), many per statement.
-
-    ``suffix`` goes after the VALUES list (``ON CONFLICT DO NOTHING``). Returns how many rows
-    went in. (Not ``RETURNING``: every returned row is one more step, and each step hands the
-    GIL back.)
-    """
+def insert_many(db: sqlite3.Connection, insert_sql: str, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Insert ``rows`` with ``insert_sql`` (``INSERT ... VALUES (?, ...)``), many per statement;
+    returns how many rows went in."""
     inserted = 0
     start = 0
     for size in _CHUNKS:
         while len(rows) - start >= size:
             chunk = rows[start : start + size]
             start += size
-            key = (insert_sql, suffix, size)
-            sql = _multi_sql.get(key)
+            sql = _multi_sql.get((insert_sql, size))
             if sql is None:
                 head, _, group = insert_sql.rpartition(" VALUES ")
-                sql = _multi_sql[key] = f"{head} VALUES {', '.join([group] * size)}{suffix}"
+                sql = _multi_sql[(insert_sql, size)] = f"{head} VALUES {', '.join([group] * size)}"
             params = chunk[0] if size == 1 else [value for row in chunk for value in row]
             inserted += db.execute(sql, params).rowcount
     return inserted
