@@ -20,8 +20,9 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-#: A unit of work run on the connection's own thread inside the writer's transaction.
-WriteOp = Callable[[sqlite3.Connection], Any]
+#: A unit of work run on the writer's connection inside the writer's transaction, called as
+#: ``fn(db, *args)``.
+WriteOp = Callable[..., Any]
 
 MAX_BATCH = 512
 #: Rows per multi-row INSERT, largest first: few distinct statements (each prepared once and
@@ -61,12 +62,13 @@ class WriterConnection(sqlite3.Connection):
 
 
 class _Item:
-    """A queued write: ``fn`` and the future its result goes to; ``alone`` runs without a batch."""
+    """A queued write: ``fn(db, *args)`` and the future its result goes to; ``alone`` runs without a batch."""
 
-    __slots__ = ("alone", "fn", "future")
+    __slots__ = ("alone", "args", "fn", "future")
 
-    def __init__(self, fn: WriteOp, future: asyncio.Future[Any], alone: bool) -> None:
+    def __init__(self, fn: WriteOp, args: tuple[Any, ...], future: asyncio.Future[Any], alone: bool) -> None:
         self.fn = fn
+        self.args = args
         self.future = future
         self.alone = alone
 
@@ -95,19 +97,19 @@ class GroupCommitWriter:
         self._thread.start()
         await ready
 
-    def write(self, op: WriteOp) -> asyncio.Future[Any]:
-        """Queue ``op`` for the next transaction; the future resolves after its COMMIT."""
-        return self._put(op, alone=False)
+    def write(self, fn: WriteOp, *args: Any) -> asyncio.Future[Any]:
+        """Queue ``fn(db, *args)`` for the next transaction; the future resolves after its COMMIT."""
+        return self._put(fn, args, alone=False)
 
-    def call(self, fn: WriteOp) -> asyncio.Future[Any]:
-        """Run ``fn`` on the writer's connection by itself, outside any transaction (migrations)."""
-        return self._put(fn, alone=True)
+    def call(self, fn: WriteOp, *args: Any) -> asyncio.Future[Any]:
+        """Run ``fn(db, *args)`` on the writer's connection by itself, outside any transaction (migrations)."""
+        return self._put(fn, args, alone=True)
 
-    def _put(self, fn: WriteOp, *, alone: bool) -> asyncio.Future[Any]:
+    def _put(self, fn: WriteOp, args: tuple[Any, ...], *, alone: bool) -> asyncio.Future[Any]:
         if self._loop is None or self._stopped is None or self._stopped.done():
             raise RuntimeError("store is closed")
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.put(_Item(fn, future, alone))
+        self._queue.put(_Item(fn, args, future, alone))
         return future
 
     async def close(self) -> None:
@@ -157,7 +159,8 @@ class GroupCommitWriter:
 
     def _run_batch(self, db: sqlite3.Connection, batch: list[_Item], *, in_transaction: bool) -> None:
         try:
-            results = _transaction(db, [i.fn for i in batch]) if in_transaction else [batch[0].fn(db)]
+            ops = [(i.fn, i.args) for i in batch]
+            results = _transaction(db, ops) if in_transaction else [batch[0].fn(db, *batch[0].args)]
         except BaseException as exc:
             if len(batch) > 1:
                 # One op failed and the whole batch rolled back: re-run each alone so only the
@@ -203,11 +206,11 @@ def insert_many(db: sqlite3.Connection, insert_sql: str, rows: Sequence[tuple[An
     return inserted
 
 
-def _transaction(db: sqlite3.Connection, ops: list[WriteOp]) -> list[Any]:
+def _transaction(db: sqlite3.Connection, ops: list[tuple[WriteOp, tuple[Any, ...]]]) -> list[Any]:
     writer = db if isinstance(db, WriterConnection) else None
     db.execute("BEGIN IMMEDIATE")
     try:
-        results = [op(db) for op in ops]
+        results = [fn(db, *args) for fn, args in ops]
         if writer is not None:
             writer.flush_deferred()
         db.execute("COMMIT")
