@@ -108,6 +108,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every live process below it (the hub's SQLite writer process and its fork server)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time used so far by ``pid`` and its live descendants."""
+    return sum(cpu_seconds(p) for p in process_tree(pid))
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all processes of the machine have used so far (from ``/proc/stat``)."""
     try:
@@ -311,7 +335,9 @@ class Hub:
         return answer
 
     def peak_rss_mb(self) -> float:
-        return proc_status_kb(self.pid, "VmHWM") / 1024
+        """The hub's processes' peak RSS, summed (an upper bound of their peak together)."""
+        return sum(proc_status_kb(p, "VmHWM") for p in process_tree(self.pid)) / 1024
 
     def rss_mb(self) -> float:
-        return proc_status_kb(self.pid, "VmRSS") / 1024
+        """RSS of the hub and its helper processes (SQLite writer, fork server), summed."""
+        return sum(proc_status_kb(p, "VmRSS") for p in process_tree(self.pid)) / 1024

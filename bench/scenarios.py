@@ -280,16 +280,16 @@ def load_notes(label: str, result: LoadResult) -> list[str]:
 
 
 class CpuMeter:
-    """The hub's CPU use over a run, as a share of one core (100% = one core busy)."""
+    """The hub's CPU use over a run (with its writer process), as a share of one core (100% = one core busy)."""
 
     def __init__(self, hub: procs.Hub) -> None:
         self.pid = hub.pid
-        self.cpu = procs.cpu_seconds(self.pid)
+        self.cpu = procs.tree_cpu_seconds(self.pid)
         self.wall = time.monotonic()
 
     def percent(self) -> float:
         wall = time.monotonic() - self.wall
-        return 100 * (procs.cpu_seconds(self.pid) - self.cpu) / wall if wall > 0 else 0.0
+        return 100 * (procs.tree_cpu_seconds(self.pid) - self.cpu) / wall if wall > 0 else 0.0
 
 
 # --- load helpers that pick wrk or the asyncio fallback ---------------------------------------------------

@@ -27,6 +27,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     db_pool_size: int = 20
     #: FULL syncs the WAL on every commit (survives power loss); NORMAL only survives process crashes.
     sqlite_synchronous: str = "FULL"
+    #: "process": SQLite writes run in a writer process of their own (off the hub's GIL);
+    #: "thread": on a thread of the hub process (``:memory:`` databases always do).
+    sqlite_writer: str = "process"
     base_url: str = "http://localhost:8882"
     evolution_api_base_url: str | None = None
     evolution_api_key: str | None = None
@@ -162,6 +165,10 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         if v.upper() not in ("FULL", "NORMAL"):
             raise ConfigError(f"OMNI_SQLITE_SYNCHRONOUS: expected FULL or NORMAL, got {v!r}")
         kw["sqlite_synchronous"] = v.upper()
+    if (v := get("OMNI_SQLITE_WRITER")) is not None:
+        if v.lower() not in ("process", "thread"):
+            raise ConfigError(f"OMNI_SQLITE_WRITER: expected process or thread, got {v!r}")
+        kw["sqlite_writer"] = v.lower()
     port = kw.get("api_port", 8882)
     kw["base_url"] = _url("OMNI_BASE_URL", get("OMNI_BASE_URL") or f"http://localhost:{port}")
     if (v := get("EVOLUTION_API_BASE_URL")) is not None:

@@ -7,6 +7,7 @@ durable queue (:mod:`omni_core.worker`), so a slow or dead peer never holds up a
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -284,7 +285,8 @@ class Pipeline:
                 event.external_id,
                 event.status,
                 now,
-                lambda updated: status_event_jobs(webhooks, updated, self.webhook_attempts),
+                # A partial of a module-level function, not a lambda: the write may be pickled.
+                functools.partial(status_event_jobs, webhooks, max_attempts=self.webhook_attempts),
             )
             if any(w.wants(MESSAGE_STATUS) for w in webhooks):
                 self.on_enqueue()  # a message.status delivery may have been queued

@@ -13,4 +13,4 @@ def make_store(settings: Settings) -> Store:
         return PostgresStore(settings.database_url, pool_size=settings.db_pool_size)
     from omni_core.store.sqlite import SqliteStore
 
-    return SqliteStore(settings.sqlite_path, synchronous=settings.sqlite_synchronous)
+    return SqliteStore(settings.sqlite_path, synchronous=settings.sqlite_synchronous, writer=settings.sqlite_writer)

@@ -13,13 +13,14 @@ every stale lease at start-up.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import aiosqlite
 import msgspec
@@ -99,14 +100,36 @@ def run_on_connection_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.C
     return conn._execute(lambda: fn(conn._conn))  # type: ignore[no-untyped-call]
 
 
+def connect_writer(path: str, synchronous: str) -> sqlite3.Connection:
+    """The writer's connection (opened on the writer's thread, or in the writer process)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, factory=WriterConnection)
+    try:
+        configure(conn, synchronous)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def configure(conn: sqlite3.Connection, synchronous: str) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA cache_size=-65536")
+
+
 class SqliteStore(Store):
     #: One writer connection runs every write in order (group commit), so a lane check inside a
     #: write sees all earlier inserts: direct dispatch keeps each chat in order.
     serialized_writes = True
 
-    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str, *, synchronous: str = "FULL", writer: str = "process") -> None:
         self.path = path
         self.synchronous = synchronous
+        #: "process" (the writer process, see sqlite_writer_process) or "thread"; a ``:memory:``
+        #: database exists only in this process, so its writer is always a thread.
+        self.writer = "thread" if path == ":memory:" else writer
         self._writer: GroupCommitWriter | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock_fd: int | None = None
@@ -130,59 +153,20 @@ class SqliteStore(Store):
             self._lock_fd = take_file_lock(self.path)
         self._closing = False
         try:
-            self._writer = GroupCommitWriter(self._connect)
+            connect = functools.partial(connect_writer, self.path, self.synchronous)
+            self._writer = GroupCommitWriter(connect, process=self.writer == "process")
             await self._writer.open()
             self.applied_migrations = await self.migrate()
             self._reader = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
-            await run_on_connection_thread(self._reader, self._configure)
+            await run_on_connection_thread(self._reader, functools.partial(configure, synchronous=self.synchronous))
         except BaseException:
             await self.close()
             raise
 
-    def _connect(self) -> sqlite3.Connection:
-        """The writer's connection (opened on the writer's thread)."""
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, factory=WriterConnection)
-        try:
-            self._configure(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _configure(self, conn: sqlite3.Connection) -> None:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA cache_size=-65536")
-
     async def migrate(self) -> list[str]:
         """Apply pending migrations; returns the names applied."""
         assert self._writer is not None
-
-        def apply(db: sqlite3.Connection) -> list[str]:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-                " applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')))"
-            )
-            done = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
-            applied = []
-            for version, name, sql in migrations():
-                if version in done:
-                    continue
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    for statement in _split_sql(sql):
-                        db.execute(statement)
-                    db.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (version, name))
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                applied.append(name)
-            return applied
-
-        applied: list[str] = await self._writer.call(apply)
+        applied: list[str] = await self._writer.call(_apply_migrations)
         for name in applied:
             log.info("migration_applied", migration=name)
         return applied
@@ -229,31 +213,19 @@ class SqliteStore(Store):
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return await self._read(lambda db: db.execute(sql, params).fetchall())
 
-    async def _write(self, op: WriteOp) -> Any:
-        """Run ``op`` inside the writer's next transaction and return its result after COMMIT."""
+    async def _write(self, fn: WriteOp, *args: Any) -> Any:
+        """Run ``fn(db, *args)`` inside the writer's next transaction and return its result after COMMIT.
+
+        ``fn`` is one of the module-level ``_write_*`` functions below and ``args`` plain picklable
+        values, so a write can be named by reference (module + name) and its arguments.
+        """
         if self._closing or self._writer is None:
             raise RuntimeError("store is closed")
-        return await self._writer.write(op)
+        return await self._writer.write(fn, *args)
 
     # --- tenants --------------------------------------------------------------------------------
     async def create_tenant(self, tenant: Tenant, api_key_hash: str) -> bool:
-        def op(db: sqlite3.Connection) -> bool:
-            cur = db.execute(
-                "INSERT INTO tenants (id, name, config, api_key_hash, webhook_secret, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                (
-                    tenant.id,
-                    tenant.name,
-                    json_encode(tenant.config),
-                    api_key_hash,
-                    tenant.webhook_secret,
-                    tenant.created_at,
-                    tenant.updated_at,
-                ),
-            )
-            return cur.rowcount == 1
-
-        return bool(await self._write(op))
+        return bool(await self._write(_write_create_tenant, tenant, api_key_hash))
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
         cached = self._tenant_cache.get(tenant_id)
@@ -282,24 +254,11 @@ class SqliteStore(Store):
     async def update_tenant(self, tenant: Tenant) -> None:
         self._invalidate()
 
-        def op(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE tenants SET name = ?, config = ?, updated_at = ? WHERE id = ?",
-                (tenant.name, json_encode(tenant.config), tenant.updated_at, tenant.id),
-            )
-
-        await self._write(op)
+        await self._write(_write_update_tenant, tenant)
         self._invalidate()
 
     async def delete_tenant(self, tenant_id: str) -> bool:
-        def op(db: sqlite3.Connection) -> bool:
-            db.execute("DELETE FROM jobs WHERE tenant_id = ?", (tenant_id,))
-            db.execute("DELETE FROM messages WHERE tenant_id = ?", (tenant_id,))
-            flush_rows(db)  # traces deferred by earlier writes of this batch go too
-            db.execute("DELETE FROM traces WHERE tenant_id = ?", (tenant_id,))
-            return db.execute("DELETE FROM tenants WHERE id = ?", (tenant_id,)).rowcount == 1
-
-        deleted = bool(await self._write(op))
+        deleted = bool(await self._write(_write_delete_tenant, tenant_id))
         self._invalidate()
         return deleted
 
@@ -308,15 +267,7 @@ class SqliteStore(Store):
         row = instance_row(instance)
         self._invalidate()
 
-        def op(db: sqlite3.Connection) -> bool:
-            cur = db.execute(
-                f"INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
-                row,
-            )
-            return cur.rowcount == 1
-
-        created = bool(await self._write(op))
+        created = bool(await self._write(_write_create_instance, row))
         self._invalidate()
         return created
 
@@ -372,21 +323,11 @@ class SqliteStore(Store):
         row = instance_row(instance)
         self._invalidate()
 
-        def op(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE instances SET config = ?, state = ?, state_reason = ?, qrcode_base64 = ?, qrcode_code = ?,"
-                " pairing_code = ?, profile = ?, updated_at = ? WHERE id = ?",
-                (*row[4:11], row[12], row[0]),
-            )
-
-        await self._write(op)
+        await self._write(_write_update_instance, row)
         self._invalidate()
 
     async def delete_instance(self, instance_id: str) -> bool:
-        def op(db: sqlite3.Connection) -> bool:
-            return db.execute("DELETE FROM instances WHERE id = ?", (instance_id,)).rowcount == 1
-
-        deleted = bool(await self._write(op))
+        deleted = bool(await self._write(_write_delete_instance, instance_id))
         self._invalidate()
         return deleted
 
@@ -402,30 +343,9 @@ class SqliteStore(Store):
     ) -> InsertOutcome:
         row = message_row(message, now)
 
-        def op(db: sqlite3.Connection) -> InsertOutcome:
-            cur = db.execute(INSERT_MESSAGE + " ON CONFLICT DO NOTHING", row)
-            if cur.rowcount == 0:
-                found = db.execute(
-                    "SELECT id FROM messages WHERE tenant_id = ? AND instance = ? AND external_id = ?",
-                    (message.tenant, message.instance, message.external_id),
-                ).fetchone()
-                if found is None:  # a message id collision: never expected with ULIDs
-                    raise RuntimeError(f"message {message.id} could not be stored")
-                outcome = InsertOutcome(accepted=False, id=found[0])
-            else:
-                leased = None
-                if job is not None and lease is not None:
-                    leased = _insert_leased_if_head(db, job, message, now, lease)
-                if job is not None and leased is None:
-                    _insert_job(db, job, message.tenant, message.id, now)
-                for new_job in extra_jobs:
-                    _insert_job(db, new_job, message.tenant, message.id, now)
-                outcome = InsertOutcome(accepted=True, id=message.id, leased=leased)
-            if traces:
-                insert_rows(db, INSERT_TRACE, ingest_trace_rows(traces, outcome.id, outcome.accepted))
-            return outcome
-
-        result: InsertOutcome = await self._write(op)
+        result: InsertOutcome = await self._write(
+            _write_insert_message, row, message, job, now, extra_jobs, traces, lease
+        )
         return result
 
     async def get_message(self, message_id: str) -> Message | None:
@@ -470,15 +390,9 @@ class SqliteStore(Store):
         )
 
     async def insert_outbound(self, items: Sequence[tuple[Message, Sequence[NewJob]]], now: str) -> None:
-        rows = [(message_row(m, now), m, jobs) for m, jobs in items]
+        rows = [(message_row(m, now), m.tenant, m.id, jobs) for m, jobs in items]
 
-        def op(db: sqlite3.Connection) -> None:
-            for row, message, jobs in rows:
-                db.execute(INSERT_MESSAGE, row)
-                for new_job in jobs:
-                    _insert_job(db, new_job, message.tenant, message.id, now)
-
-        await self._write(op)
+        await self._write(_write_insert_outbound, rows, now)
 
     async def apply_status(
         self,
@@ -489,40 +403,13 @@ class SqliteStore(Store):
         now: str,
         extra_jobs: Callable[[Message], Sequence[NewJob]] | None = None,
     ) -> str | None:
-        def op(db: sqlite3.Connection) -> str | None:
-            row = db.execute(
-                "SELECT id, status, body, external_id FROM messages"
-                " WHERE tenant_id = ? AND instance = ? AND external_id = ?",
-                (tenant, instance, external_id),
-            ).fetchone()
-            if row is None:
-                return None
-            message_id, current = row[0], row[1]
-            if advances(current, status):
-                db.execute("UPDATE messages SET status = ?, updated_at = ? WHERE id = ?", (status, now, message_id))
-                if extra_jobs is not None:
-                    for new_job in extra_jobs(message_from_row(row[2], status, row[3])):
-                        _insert_job(db, new_job, tenant, message_id, now)
-            return str(message_id)
-
-        result: str | None = await self._write(op)
+        result: str | None = await self._write(
+            _write_apply_status, tenant, instance, external_id, status, now, extra_jobs
+        )
         return result
 
     async def record_change(self, tenant: str, instance: str, change: MessageChange, now: str) -> str | None:
-        def op(db: sqlite3.Connection) -> str | None:
-            row = db.execute(
-                "SELECT id, body, status, external_id FROM messages"
-                " WHERE tenant_id = ? AND instance = ? AND external_id = ?",
-                (tenant, instance, change.external_id),
-            ).fetchone()
-            if row is None:
-                return None
-            message = message_from_row(row[1], row[2], row[3])
-            apply_change(message, change)
-            db.execute("UPDATE messages SET body = ?, updated_at = ? WHERE id = ?", (json_encode(message), now, row[0]))
-            return str(row[0])
-
-        result: str | None = await self._write(op)
+        result: str | None = await self._write(_write_record_change, tenant, instance, change, now)
         return result
 
     # --- jobs -----------------------------------------------------------------------------------
@@ -537,67 +424,9 @@ class SqliteStore(Store):
     ) -> list[Job]:
         excluded = tenants_at_cap(busy, tenant_cap)
 
-        def op(db: sqlite3.Connection) -> list[Job]:
-            # Only the head of a lane (its lowest unfinished seq) may run: that keeps one chat
-            # strictly in order while other chats run in parallel. A job whose lease expired is
-            # always a head (only heads run), so it is simply claimable again.
-            skip = f" AND j.tenant_id NOT IN ({','.join('?' * len(excluded))})" if excluded else ""
-            rows = db.execute(
-                f"SELECT {JOB_COLUMNS_J} FROM jobs j WHERE j.status = 'running' AND j.lease_until < ?{skip} LIMIT ?",
-                (now, *excluded, limit),
-            ).fetchall()
-            # Work that completes a message first (replies, webhook deliveries), then new routing.
-            for kinds in FINISHING_KINDS, STARTING_KINDS:
-                if len(rows) >= limit:
-                    break
-                window = (limit - len(rows)) * CLAIM_WINDOW
-                # One kind per query: the (kind, seq) index then yields jobs in order and the scan
-                # stops at the limit; `kind IN (...)` would sort every queued job of the kinds.
-                group = []
-                for kind in kinds:
-                    group += db.execute(
-                        f"SELECT {JOB_COLUMNS_J} FROM jobs j INDEXED BY jobs_queued_kind"
-                        " WHERE j.status = 'queued' AND j.kind = ? AND j.run_at <= ?"
-                        " AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.lane = j.lane AND p.seq < j.seq"
-                        f" AND p.status IN ('queued', 'running')){skip} ORDER BY j.seq LIMIT ?",
-                        (kind, now, *excluded, window),
-                    ).fetchall()
-                group.sort(key=lambda r: r[1])  # seq: oldest first across the kinds
-                rows += group[:window]
-            jobs = pick_within_share([job_from_row(row) for row in rows], limit, busy, tenant_cap)
-            if not jobs:
-                return []
-            stamp = iso(datetime.fromtimestamp(now, UTC))
-            until = now + lease_seconds
-            seqs = [j.seq for j in jobs]
-            db.execute(
-                "UPDATE jobs SET status = 'running', lease_owner = ?, lease_until = ?, attempts = attempts + 1,"
-                f" updated_at = ? WHERE seq IN ({','.join('?' * len(seqs))})",
-                (owner, until, stamp, *seqs),
-            )
-            for job in jobs:
-                job.status, job.lease_owner, job.lease_until = "running", owner, until
-                job.attempts += 1
-            message_ids = [j.message_id for j in jobs if j.message_id is not None and j.kind != "webhook"]
-            if message_ids:
-                marks = ",".join("?" * len(message_ids))
-                db.execute(
-                    f"UPDATE messages SET status = 'processing', updated_at = ? WHERE id IN ({marks})",
-                    (stamp, *message_ids),
-                )
-                # Loaded here, in the claim's own hop, so the worker need not read them again.
-                loaded = {
-                    row[0]: message_from_row(row[1], row[2], row[3])
-                    for row in db.execute(
-                        f"SELECT id, body, status, external_id FROM messages WHERE id IN ({marks})", message_ids
-                    )
-                }
-                for job in jobs:
-                    if job.kind != "webhook" and job.message_id is not None:
-                        job.message = loaded.get(job.message_id)
-            return jobs
-
-        result: list[Job] = await self._write(op)
+        result: list[Job] = await self._write(
+            _write_claim_jobs, owner, limit, now, lease_seconds, busy, tenant_cap, excluded
+        )
         return result
 
     async def extend_leases(self, owner: str, job_ids: Sequence[str], until: float) -> int:
@@ -605,15 +434,7 @@ class SqliteStore(Store):
             return 0
         ids = list(job_ids)
 
-        def op(db: sqlite3.Connection) -> int:
-            marks = ",".join("?" * len(ids))
-            cur = db.execute(
-                f"UPDATE jobs SET lease_until = ? WHERE lease_owner = ? AND status = 'running' AND id IN ({marks})",
-                (until, owner, *ids),
-            )
-            return int(cur.rowcount)
-
-        result: int = await self._write(op)
+        result: int = await self._write(_write_extend_leases, owner, ids, until)
         return result
 
     async def finish_route(
@@ -627,29 +448,9 @@ class SqliteStore(Store):
     ) -> Finished:
         trace_rows = [trace_row(r) for r in traces]
 
-        def op(db: sqlite3.Connection) -> Finished:
-            if not _close_job(db, job, "done", None, now):
-                return Finished(ok=False)
-            if job.message_id is not None:
-                db.execute(
-                    "UPDATE messages SET status = ?, error = NULL, updated_at = ? WHERE id = ?",
-                    (message_status, now, job.message_id),
-                )
-            next_job = None
-            for i, (message, jobs) in enumerate(replies):
-                db.execute(INSERT_MESSAGE, message_row(message, now))
-                for new_job in jobs:
-                    # Only the first reply's send may be handed off: later parts queue behind it.
-                    if i == 0 and new_job.kind == "deliver" and hand_off is not None and next_job is None:
-                        next_job = _insert_leased_if_head(db, new_job, message, now, hand_off)
-                        if next_job is not None:
-                            continue
-                    _insert_job(db, new_job, message.tenant, message.id, now)
-            if trace_rows:
-                insert_rows(db, INSERT_TRACE, trace_rows)
-            return Finished(ok=True, next_job=next_job)
-
-        result: Finished = await self._write(op)
+        result: Finished = await self._write(
+            _write_finish_route, _JobRef.of(job), message_status, replies, now, trace_rows, hand_off
+        )
         return result
 
     async def finish_deliver(
@@ -663,88 +464,20 @@ class SqliteStore(Store):
     ) -> bool:
         trace_rows = [trace_row(r) for r in traces]
 
-        def op(db: sqlite3.Connection) -> bool:
-            if not _close_job(db, job, "done", None, now):
-                return False
-            if trace_rows:
-                insert_rows(db, INSERT_TRACE, trace_rows)
-            if job.message_id is None or job.kind == "webhook":
-                return True  # a webhook delivery reports on a message; it does not change it
-            new_status = status
-            if external_id is not None:
-                # The platform may have echoed our send back as a webhook (Evolution's
-                # send.message) before we got here; that row is this same message: fold it in.
-                echo = db.execute(
-                    "SELECT m.id, m.status FROM messages m JOIN messages o ON o.id = ?"
-                    " WHERE m.tenant_id = o.tenant_id AND m.instance = o.instance AND m.external_id = ?"
-                    " AND m.id != o.id",
-                    (job.message_id, external_id),
-                ).fetchone()
-                if echo is not None:
-                    db.execute("DELETE FROM messages WHERE id = ?", (echo[0],))
-                    if STATUS_RANK.get(echo[1], 0) > STATUS_RANK.get(status, 0):
-                        new_status = echo[1]
-            db.execute(
-                "UPDATE messages SET status = ?, external_id = COALESCE(?, external_id), error = NULL, updated_at = ?"
-                " WHERE id = ?",
-                (new_status, external_id, now, job.message_id),
-            )
-            for new_job in extra_jobs:
-                _insert_job(db, new_job, job.tenant, job.message_id, now)
-            return True
-
-        return bool(await self._write(op))
+        return bool(
+            await self._write(_write_finish_deliver, _JobRef.of(job), external_id, status, now, extra_jobs, trace_rows)
+        )
 
     async def retry_later(self, job: Job, error: str, run_at: float, now: str) -> bool:
-        def op(db: sqlite3.Connection) -> bool:
-            cur = db.execute(
-                "UPDATE jobs SET status = 'queued', run_at = ?, lease_owner = NULL, lease_until = NULL,"
-                " last_error = ?, updated_at = ? WHERE id = ? AND lease_owner = ? AND status = 'running'",
-                (run_at, error, now, job.id, job.lease_owner),
-            )
-            return cur.rowcount == 1
-
-        return bool(await self._write(op))
+        return bool(await self._write(_write_retry_later, job.id, job.lease_owner, error, run_at, now))
 
     async def bury(
         self, job: Job, error: str, message_status: MessageStatus, now: str, extra_jobs: Sequence[NewJob] = ()
     ) -> bool:
-        def op(db: sqlite3.Connection) -> bool:
-            if not _close_job(db, job, "dead", error, now):
-                return False
-            if job.message_id is not None and job.kind != "webhook":
-                db.execute(
-                    "UPDATE messages SET status = ?, error = ?, updated_at = ? WHERE id = ?",
-                    (message_status, error, now, job.message_id),
-                )
-            for new_job in extra_jobs:
-                _insert_job(db, new_job, job.tenant, job.message_id, now)
-            return True
-
-        return bool(await self._write(op))
+        return bool(await self._write(_write_bury, _JobRef.of(job), error, message_status, now, extra_jobs))
 
     async def requeue_dead(self, job_id: str, now_epoch: float, now: str) -> Job | None:
-        def op(db: sqlite3.Connection) -> Job | None:
-            # A retried job goes to the back of its lane (new seq) so it cannot jump ahead of
-            # messages that arrived while it was dead.
-            row = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None or row[6] != "dead":
-                return None
-            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-            db.execute(
-                "INSERT INTO jobs (id, tenant_id, kind, lane, message_id, status, attempts, max_attempts, run_at,"
-                " last_error, payload, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?)",
-                (row[0], row[2], row[3], row[4], row[5], row[8], now_epoch, row[12], row[13], row[14], now),
-            )
-            if row[5] is not None and row[3] != "webhook":  # a delivery reports on a message; it owns none
-                db.execute(
-                    "UPDATE messages SET status = 'queued', error = NULL, updated_at = ? WHERE id = ?", (now, row[5])
-                )
-            fresh = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            return job_from_row(fresh)
-
-        result: Job | None = await self._write(op)
+        result: Job | None = await self._write(_write_requeue_dead, job_id, now_epoch, now)
         return result
 
     async def get_job(self, job_id: str) -> Job | None:
@@ -777,40 +510,17 @@ class SqliteStore(Store):
         return float(row[0]) if row and row[0] is not None else None
 
     async def recover_leases(self, owner_prefix_alive: str | None) -> int:
-        # The file lock guarantees no other process uses this database, so every lease not
-        # held by this process belongs to a worker that died with its process.
-        def op(db: sqlite3.Connection) -> int:
-            cur = db.execute(
-                "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL"
-                " WHERE status = 'running' AND (? IS NULL OR lease_owner NOT LIKE ? || '%')",
-                (owner_prefix_alive, owner_prefix_alive),
-            )
-            return int(cur.rowcount)
-
-        result: int = await self._write(op)
+        result: int = await self._write(_write_recover_leases, owner_prefix_alive)
         return result
 
     async def enqueue_jobs(self, tenant: str, message_id: str | None, jobs: Sequence[NewJob], now: str) -> None:
         if not jobs:
             return
 
-        def op(db: sqlite3.Connection) -> None:
-            for new_job in jobs:
-                _insert_job(db, new_job, tenant, message_id, now)
-
-        await self._write(op)
+        await self._write(_write_enqueue_jobs, tenant, message_id, jobs, now)
 
     async def defer(self, job: Job, run_at: float, now: str) -> bool:
-        def op(db: sqlite3.Connection) -> bool:
-            cur = db.execute(
-                "UPDATE jobs SET status = 'queued', run_at = ?, lease_owner = NULL, lease_until = NULL,"
-                " attempts = MAX(attempts - 1, 0), updated_at = ?"
-                " WHERE id = ? AND lease_owner = ? AND status = 'running'",
-                (run_at, now, job.id, job.lease_owner),
-            )
-            return cur.rowcount == 1
-
-        return bool(await self._write(op))
+        return bool(await self._write(_write_defer, job.id, job.lease_owner, run_at, now))
 
     async def list_jobs(
         self, tenant: str, kind: str, statuses: Sequence[str] | None, limit: int, before_seq: int | None = None
@@ -827,34 +537,14 @@ class SqliteStore(Store):
         return [job_from_row(r) for r in rows]
 
     async def replay_job(self, job_id: str, new_id: str, now_epoch: float, now: str) -> Job | None:
-        def op(db: sqlite3.Connection) -> Job | None:
-            row = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                return None
-            old = job_from_row(row)
-            replay = NewJob(
-                id=new_id,
-                kind=old.kind,
-                lane=f"{old.kind}\x1f{new_id}",
-                max_attempts=old.max_attempts,
-                run_at=now_epoch,
-                payload=old.payload,
-            )
-            _insert_job(db, replay, old.tenant, old.message_id, now)
-            fresh = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (new_id,)).fetchone()
-            return job_from_row(fresh)
-
-        result: Job | None = await self._write(op)
+        result: Job | None = await self._write(_write_replay_job, job_id, new_id, now_epoch, now)
         return result
 
     # --- tenant webhooks ------------------------------------------------------------------------
     async def create_webhook(self, webhook: TenantWebhook) -> None:
         row = webhook_row(webhook)
 
-        def op(db: sqlite3.Connection) -> None:
-            db.execute(f"INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES ({','.join('?' * len(row))})", row)
-
-        await self._write(op)
+        await self._write(_write_create_webhook, row)
         self._invalidate()
 
     async def get_webhook(self, webhook_id: str) -> TenantWebhook | None:
@@ -876,39 +566,17 @@ class SqliteStore(Store):
     async def update_webhook(self, webhook: TenantWebhook) -> None:
         row = webhook_row(webhook)
 
-        def op(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE webhooks SET url = ?, events = ?, secret = ?, enabled = ?, description = ?,"
-                " secret_previous = ?, previous_valid_until = ?, failing_since = ?, disabled_reason = ?,"
-                " updated_at = ? WHERE id = ?",
-                (*row[2:11], row[12], row[0]),
-            )
-
         self._invalidate()
-        await self._write(op)
+        await self._write(_write_update_webhook, row)
         self._invalidate()
 
     async def delete_webhook(self, webhook_id: str) -> bool:
-        def op(db: sqlite3.Connection) -> bool:
-            return db.execute("DELETE FROM webhooks WHERE id = ?", (webhook_id,)).rowcount == 1
-
-        deleted = bool(await self._write(op))
+        deleted = bool(await self._write(_write_delete_webhook, webhook_id))
         self._invalidate()
         return deleted
 
     async def record_webhook_result(self, webhook_id: str, ok: bool, now: float) -> float | None:
-        def op(db: sqlite3.Connection) -> float | None:
-            if ok:
-                db.execute(
-                    "UPDATE webhooks SET failing_since = NULL WHERE id = ? AND failing_since IS NOT NULL",
-                    (webhook_id,),
-                )
-                return None
-            db.execute("UPDATE webhooks SET failing_since = COALESCE(failing_since, ?) WHERE id = ?", (now, webhook_id))
-            row = db.execute("SELECT failing_since FROM webhooks WHERE id = ?", (webhook_id,)).fetchone()
-            return float(row[0]) if row and row[0] is not None else None
-
-        result: float | None = await self._write(op)
+        result: float | None = await self._write(_write_record_webhook_result, webhook_id, ok, now)
         return result
 
     # --- traces ---------------------------------------------------------------------------------
@@ -917,10 +585,7 @@ class SqliteStore(Store):
             return
         rows = [trace_row(r) for r in records]
 
-        def op(db: sqlite3.Connection) -> None:
-            insert_rows(db, INSERT_TRACE, rows)
-
-        await self._write(op)
+        await self._write(_write_add_traces, rows)
 
     async def query_traces(
         self,
@@ -938,25 +603,7 @@ class SqliteStore(Store):
         return [trace_from_row(r) for r in rows]
 
     async def purge(self, traces_before: str, jobs_before: str, messages_before: Mapping[str, str]) -> dict[str, int]:
-        def op(db: sqlite3.Connection) -> dict[str, int]:
-            flush_rows(db)
-            counts = {
-                "traces": db.execute("DELETE FROM traces WHERE at < ?", (traces_before,)).rowcount,
-                "jobs": db.execute(
-                    "DELETE FROM jobs WHERE status IN ('done', 'dead') AND updated_at < ?", (jobs_before,)
-                ).rowcount,
-                "messages": 0,
-            }
-            for tenant, cutoff in messages_before.items():
-                # A message with unfinished work is kept until that work is done.
-                counts["messages"] += db.execute(
-                    "DELETE FROM messages WHERE tenant_id = ? AND created_at < ? AND NOT EXISTS"
-                    " (SELECT 1 FROM jobs j WHERE j.message_id = messages.id AND j.status IN ('queued', 'running'))",
-                    (tenant, cutoff),
-                ).rowcount
-            return counts
-
-        result: dict[str, int] = await self._write(op)
+        result: dict[str, int] = await self._write(_write_purge, traces_before, jobs_before, messages_before)
         return result
 
     async def traces_for_message(self, message_id: str) -> list[TraceRecord]:
@@ -992,6 +639,486 @@ def take_file_lock(path: str) -> int:
     return fd
 
 
+# --- writes -------------------------------------------------------------------------------------
+# Every write of SqliteStore is one of the module-level functions below, run by the writer as
+# ``fn(db, *args)`` inside its transaction (migrations: outside one). Each takes only picklable
+# values (msgspec Structs, tuples, str, numbers) and touches no store state (caches are
+# invalidated by the calling method), so a write can be named by reference (module + name) and
+# handed to another process with pickle.
+
+
+class _JobRef(NamedTuple):
+    """The fields of a leased job that finishing it needs (a Job may carry its whole message)."""
+
+    id: str
+    tenant: str
+    kind: str
+    message_id: str | None
+    lease_owner: str | None
+
+    @classmethod
+    def of(cls, job: Job) -> _JobRef:
+        return cls(job.id, job.tenant, job.kind, job.message_id, job.lease_owner)
+
+
+def _apply_migrations(db: sqlite3.Connection) -> list[str]:
+    """Apply pending migrations, each in its own transaction; returns the names applied."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+        " applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')))"
+    )
+    done = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+    applied = []
+    for version, name, sql in migrations():
+        if version in done:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _split_sql(sql):
+                db.execute(statement)
+            db.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (version, name))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        applied.append(name)
+    return applied
+
+
+def _write_create_tenant(db: sqlite3.Connection, tenant: Tenant, api_key_hash: str) -> bool:
+    cur = db.execute(
+        "INSERT INTO tenants (id, name, config, api_key_hash, webhook_secret, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        (
+            tenant.id,
+            tenant.name,
+            json_encode(tenant.config),
+            api_key_hash,
+            tenant.webhook_secret,
+            tenant.created_at,
+            tenant.updated_at,
+        ),
+    )
+    return cur.rowcount == 1
+
+
+def _write_update_tenant(db: sqlite3.Connection, tenant: Tenant) -> None:
+    db.execute(
+        "UPDATE tenants SET name = ?, config = ?, updated_at = ? WHERE id = ?",
+        (tenant.name, json_encode(tenant.config), tenant.updated_at, tenant.id),
+    )
+
+
+def _write_delete_tenant(db: sqlite3.Connection, tenant_id: str) -> bool:
+    db.execute("DELETE FROM jobs WHERE tenant_id = ?", (tenant_id,))
+    db.execute("DELETE FROM messages WHERE tenant_id = ?", (tenant_id,))
+    flush_rows(db)  # traces deferred by earlier writes of this batch go too
+    db.execute("DELETE FROM traces WHERE tenant_id = ?", (tenant_id,))
+    return db.execute("DELETE FROM tenants WHERE id = ?", (tenant_id,)).rowcount == 1
+
+
+def _write_create_instance(db: sqlite3.Connection, row: tuple[Any, ...]) -> bool:
+    cur = db.execute(
+        f"INSERT INTO instances ({INSTANCE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
+        row,
+    )
+    return cur.rowcount == 1
+
+
+def _write_update_instance(db: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+    db.execute(
+        "UPDATE instances SET config = ?, state = ?, state_reason = ?, qrcode_base64 = ?, qrcode_code = ?,"
+        " pairing_code = ?, profile = ?, updated_at = ? WHERE id = ?",
+        (*row[4:11], row[12], row[0]),
+    )
+
+
+def _write_delete_instance(db: sqlite3.Connection, instance_id: str) -> bool:
+    return db.execute("DELETE FROM instances WHERE id = ?", (instance_id,)).rowcount == 1
+
+
+def _write_insert_message(
+    db: sqlite3.Connection,
+    row: tuple[Any, ...],
+    message: Message,
+    job: NewJob | None,
+    now: str,
+    extra_jobs: Sequence[NewJob],
+    traces: Sequence[TraceRecord],
+    lease: Lease | None,
+) -> InsertOutcome:
+    cur = db.execute(INSERT_MESSAGE + " ON CONFLICT DO NOTHING", row)
+    if cur.rowcount == 0:
+        found = db.execute(
+            "SELECT id FROM messages WHERE tenant_id = ? AND instance = ? AND external_id = ?",
+            (message.tenant, message.instance, message.external_id),
+        ).fetchone()
+        if found is None:  # a message id collision: never expected with ULIDs
+            raise RuntimeError(f"message {message.id} could not be stored")
+        outcome = InsertOutcome(accepted=False, id=found[0])
+    else:
+        leased = None
+        if job is not None and lease is not None:
+            leased = _insert_leased_if_head(db, job, message, now, lease)
+        if job is not None and leased is None:
+            _insert_job(db, job, message.tenant, message.id, now)
+        for new_job in extra_jobs:
+            _insert_job(db, new_job, message.tenant, message.id, now)
+        outcome = InsertOutcome(accepted=True, id=message.id, leased=leased)
+    if traces:
+        insert_rows(db, INSERT_TRACE, ingest_trace_rows(traces, outcome.id, outcome.accepted))
+    return outcome
+
+
+def _write_insert_outbound(
+    db: sqlite3.Connection, rows: Sequence[tuple[tuple[Any, ...], str, str, Sequence[NewJob]]], now: str
+) -> None:
+    for row, tenant, message_id, jobs in rows:
+        db.execute(INSERT_MESSAGE, row)
+        for new_job in jobs:
+            _insert_job(db, new_job, tenant, message_id, now)
+
+
+def _write_apply_status(
+    db: sqlite3.Connection,
+    tenant: str,
+    instance: str,
+    external_id: str,
+    status: MessageStatus,
+    now: str,
+    extra_jobs: Callable[[Message], Sequence[NewJob]] | None,
+) -> str | None:
+    row = db.execute(
+        "SELECT id, status, body, external_id FROM messages WHERE tenant_id = ? AND instance = ? AND external_id = ?",
+        (tenant, instance, external_id),
+    ).fetchone()
+    if row is None:
+        return None
+    message_id, current = row[0], row[1]
+    if advances(current, status):
+        db.execute("UPDATE messages SET status = ?, updated_at = ? WHERE id = ?", (status, now, message_id))
+        if extra_jobs is not None:
+            for new_job in extra_jobs(message_from_row(row[2], status, row[3])):
+                _insert_job(db, new_job, tenant, message_id, now)
+    return str(message_id)
+
+
+def _write_record_change(
+    db: sqlite3.Connection, tenant: str, instance: str, change: MessageChange, now: str
+) -> str | None:
+    row = db.execute(
+        "SELECT id, body, status, external_id FROM messages WHERE tenant_id = ? AND instance = ? AND external_id = ?",
+        (tenant, instance, change.external_id),
+    ).fetchone()
+    if row is None:
+        return None
+    message = message_from_row(row[1], row[2], row[3])
+    apply_change(message, change)
+    db.execute("UPDATE messages SET body = ?, updated_at = ? WHERE id = ?", (json_encode(message), now, row[0]))
+    return str(row[0])
+
+
+def _write_claim_jobs(
+    db: sqlite3.Connection,
+    owner: str,
+    limit: int,
+    now: float,
+    lease_seconds: float,
+    busy: Mapping[str, int] | None,
+    tenant_cap: int | None,
+    excluded: Sequence[str],
+) -> list[Job]:
+    # Only the head of a lane (its lowest unfinished seq) may run: that keeps one chat
+    # strictly in order while other chats run in parallel. A job whose lease expired is
+    # always a head (only heads run), so it is simply claimable again.
+    skip = f" AND j.tenant_id NOT IN ({','.join('?' * len(excluded))})" if excluded else ""
+    rows = db.execute(
+        f"SELECT {JOB_COLUMNS_J} FROM jobs j WHERE j.status = 'running' AND j.lease_until < ?{skip} LIMIT ?",
+        (now, *excluded, limit),
+    ).fetchall()
+    # Work that completes a message first (replies, webhook deliveries), then new routing.
+    for kinds in FINISHING_KINDS, STARTING_KINDS:
+        if len(rows) >= limit:
+            break
+        window = (limit - len(rows)) * CLAIM_WINDOW
+        # One kind per query: the (kind, seq) index then yields jobs in order and the scan
+        # stops at the limit; `kind IN (...)` would sort every queued job of the kinds.
+        group = []
+        for kind in kinds:
+            group += db.execute(
+                f"SELECT {JOB_COLUMNS_J} FROM jobs j INDEXED BY jobs_queued_kind"
+                " WHERE j.status = 'queued' AND j.kind = ? AND j.run_at <= ?"
+                " AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.lane = j.lane AND p.seq < j.seq"
+                f" AND p.status IN ('queued', 'running')){skip} ORDER BY j.seq LIMIT ?",
+                (kind, now, *excluded, window),
+            ).fetchall()
+        group.sort(key=lambda r: r[1])  # seq: oldest first across the kinds
+        rows += group[:window]
+    jobs = pick_within_share([job_from_row(row) for row in rows], limit, busy, tenant_cap)
+    if not jobs:
+        return []
+    stamp = iso(datetime.fromtimestamp(now, UTC))
+    until = now + lease_seconds
+    seqs = [j.seq for j in jobs]
+    db.execute(
+        "UPDATE jobs SET status = 'running', lease_owner = ?, lease_until = ?, attempts = attempts + 1,"
+        f" updated_at = ? WHERE seq IN ({','.join('?' * len(seqs))})",
+        (owner, until, stamp, *seqs),
+    )
+    for job in jobs:
+        job.status, job.lease_owner, job.lease_until = "running", owner, until
+        job.attempts += 1
+    message_ids = [j.message_id for j in jobs if j.message_id is not None and j.kind != "webhook"]
+    if message_ids:
+        marks = ",".join("?" * len(message_ids))
+        db.execute(
+            f"UPDATE messages SET status = 'processing', updated_at = ? WHERE id IN ({marks})",
+            (stamp, *message_ids),
+        )
+        # Loaded here, in the claim's own hop, so the worker need not read them again.
+        loaded = {
+            row[0]: message_from_row(row[1], row[2], row[3])
+            for row in db.execute(
+                f"SELECT id, body, status, external_id FROM messages WHERE id IN ({marks})", message_ids
+            )
+        }
+        for job in jobs:
+            if job.kind != "webhook" and job.message_id is not None:
+                job.message = loaded.get(job.message_id)
+    return jobs
+
+
+def _write_extend_leases(db: sqlite3.Connection, owner: str, ids: Sequence[str], until: float) -> int:
+    marks = ",".join("?" * len(ids))
+    cur = db.execute(
+        f"UPDATE jobs SET lease_until = ? WHERE lease_owner = ? AND status = 'running' AND id IN ({marks})",
+        (until, owner, *ids),
+    )
+    return int(cur.rowcount)
+
+
+def _write_finish_route(
+    db: sqlite3.Connection,
+    job: _JobRef,
+    message_status: MessageStatus,
+    replies: Sequence[tuple[Message, Sequence[NewJob]]],
+    now: str,
+    trace_rows: Sequence[tuple[Any, ...]],
+    hand_off: Lease | None,
+) -> Finished:
+    if not _close_job(db, job, "done", None, now):
+        return Finished(ok=False)
+    if job.message_id is not None:
+        db.execute(
+            "UPDATE messages SET status = ?, error = NULL, updated_at = ? WHERE id = ?",
+            (message_status, now, job.message_id),
+        )
+    next_job = None
+    for i, (message, jobs) in enumerate(replies):
+        db.execute(INSERT_MESSAGE, message_row(message, now))
+        for new_job in jobs:
+            # Only the first reply's send may be handed off: later parts queue behind it.
+            if i == 0 and new_job.kind == "deliver" and hand_off is not None and next_job is None:
+                next_job = _insert_leased_if_head(db, new_job, message, now, hand_off)
+                if next_job is not None:
+                    continue
+            _insert_job(db, new_job, message.tenant, message.id, now)
+    if trace_rows:
+        insert_rows(db, INSERT_TRACE, trace_rows)
+    return Finished(ok=True, next_job=next_job)
+
+
+def _write_finish_deliver(
+    db: sqlite3.Connection,
+    job: _JobRef,
+    external_id: str | None,
+    status: MessageStatus,
+    now: str,
+    extra_jobs: Sequence[NewJob],
+    trace_rows: Sequence[tuple[Any, ...]],
+) -> bool:
+    if not _close_job(db, job, "done", None, now):
+        return False
+    if trace_rows:
+        insert_rows(db, INSERT_TRACE, trace_rows)
+    if job.message_id is None or job.kind == "webhook":
+        return True  # a webhook delivery reports on a message; it does not change it
+    new_status = status
+    if external_id is not None:
+        # The platform may have echoed our send back as a webhook (Evolution's
+        # send.message) before we got here; that row is this same message: fold it in.
+        echo = db.execute(
+            "SELECT m.id, m.status FROM messages m JOIN messages o ON o.id = ?"
+            " WHERE m.tenant_id = o.tenant_id AND m.instance = o.instance AND m.external_id = ?"
+            " AND m.id != o.id",
+            (job.message_id, external_id),
+        ).fetchone()
+        if echo is not None:
+            db.execute("DELETE FROM messages WHERE id = ?", (echo[0],))
+            if STATUS_RANK.get(echo[1], 0) > STATUS_RANK.get(status, 0):
+                new_status = echo[1]
+    db.execute(
+        "UPDATE messages SET status = ?, external_id = COALESCE(?, external_id), error = NULL, updated_at = ?"
+        " WHERE id = ?",
+        (new_status, external_id, now, job.message_id),
+    )
+    for new_job in extra_jobs:
+        _insert_job(db, new_job, job.tenant, job.message_id, now)
+    return True
+
+
+def _write_retry_later(
+    db: sqlite3.Connection, job_id: str, lease_owner: str | None, error: str, run_at: float, now: str
+) -> bool:
+    cur = db.execute(
+        "UPDATE jobs SET status = 'queued', run_at = ?, lease_owner = NULL, lease_until = NULL,"
+        " last_error = ?, updated_at = ? WHERE id = ? AND lease_owner = ? AND status = 'running'",
+        (run_at, error, now, job_id, lease_owner),
+    )
+    return cur.rowcount == 1
+
+
+def _write_bury(
+    db: sqlite3.Connection,
+    job: _JobRef,
+    error: str,
+    message_status: MessageStatus,
+    now: str,
+    extra_jobs: Sequence[NewJob],
+) -> bool:
+    if not _close_job(db, job, "dead", error, now):
+        return False
+    if job.message_id is not None and job.kind != "webhook":
+        db.execute(
+            "UPDATE messages SET status = ?, error = ?, updated_at = ? WHERE id = ?",
+            (message_status, error, now, job.message_id),
+        )
+    for new_job in extra_jobs:
+        _insert_job(db, new_job, job.tenant, job.message_id, now)
+    return True
+
+
+def _write_requeue_dead(db: sqlite3.Connection, job_id: str, now_epoch: float, now: str) -> Job | None:
+    # A retried job goes to the back of its lane (new seq) so it cannot jump ahead of
+    # messages that arrived while it was dead.
+    row = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None or row[6] != "dead":
+        return None
+    db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+    db.execute(
+        "INSERT INTO jobs (id, tenant_id, kind, lane, message_id, status, attempts, max_attempts, run_at,"
+        " last_error, payload, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?)",
+        (row[0], row[2], row[3], row[4], row[5], row[8], now_epoch, row[12], row[13], row[14], now),
+    )
+    if row[5] is not None and row[3] != "webhook":  # a delivery reports on a message; it owns none
+        db.execute("UPDATE messages SET status = 'queued', error = NULL, updated_at = ? WHERE id = ?", (now, row[5]))
+    fresh = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return job_from_row(fresh)
+
+
+def _write_recover_leases(db: sqlite3.Connection, owner_prefix_alive: str | None) -> int:
+    # The file lock guarantees no other process uses this database, so every lease not
+    # held by this process belongs to a worker that died with its process.
+    cur = db.execute(
+        "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL"
+        " WHERE status = 'running' AND (? IS NULL OR lease_owner NOT LIKE ? || '%')",
+        (owner_prefix_alive, owner_prefix_alive),
+    )
+    return int(cur.rowcount)
+
+
+def _write_enqueue_jobs(
+    db: sqlite3.Connection, tenant: str, message_id: str | None, jobs: Sequence[NewJob], now: str
+) -> None:
+    for new_job in jobs:
+        _insert_job(db, new_job, tenant, message_id, now)
+
+
+def _write_defer(db: sqlite3.Connection, job_id: str, lease_owner: str | None, run_at: float, now: str) -> bool:
+    cur = db.execute(
+        "UPDATE jobs SET status = 'queued', run_at = ?, lease_owner = NULL, lease_until = NULL,"
+        " attempts = MAX(attempts - 1, 0), updated_at = ?"
+        " WHERE id = ? AND lease_owner = ? AND status = 'running'",
+        (run_at, now, job_id, lease_owner),
+    )
+    return cur.rowcount == 1
+
+
+def _write_replay_job(db: sqlite3.Connection, job_id: str, new_id: str, now_epoch: float, now: str) -> Job | None:
+    row = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        return None
+    old = job_from_row(row)
+    replay = NewJob(
+        id=new_id,
+        kind=old.kind,
+        lane=f"{old.kind}\x1f{new_id}",
+        max_attempts=old.max_attempts,
+        run_at=now_epoch,
+        payload=old.payload,
+    )
+    _insert_job(db, replay, old.tenant, old.message_id, now)
+    fresh = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (new_id,)).fetchone()
+    return job_from_row(fresh)
+
+
+def _write_create_webhook(db: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+    db.execute(f"INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES ({','.join('?' * len(row))})", row)
+
+
+def _write_update_webhook(db: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+    db.execute(
+        "UPDATE webhooks SET url = ?, events = ?, secret = ?, enabled = ?, description = ?,"
+        " secret_previous = ?, previous_valid_until = ?, failing_since = ?, disabled_reason = ?,"
+        " updated_at = ? WHERE id = ?",
+        (*row[2:11], row[12], row[0]),
+    )
+
+
+def _write_delete_webhook(db: sqlite3.Connection, webhook_id: str) -> bool:
+    return db.execute("DELETE FROM webhooks WHERE id = ?", (webhook_id,)).rowcount == 1
+
+
+def _write_record_webhook_result(db: sqlite3.Connection, webhook_id: str, ok: bool, now: float) -> float | None:
+    if ok:
+        db.execute(
+            "UPDATE webhooks SET failing_since = NULL WHERE id = ? AND failing_since IS NOT NULL",
+            (webhook_id,),
+        )
+        return None
+    db.execute("UPDATE webhooks SET failing_since = COALESCE(failing_since, ?) WHERE id = ?", (now, webhook_id))
+    row = db.execute("SELECT failing_since FROM webhooks WHERE id = ?", (webhook_id,)).fetchone()
+    return float(row[0]) if row and row[0] is not None else None
+
+
+def _write_add_traces(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    insert_rows(db, INSERT_TRACE, rows)
+
+
+def _write_purge(
+    db: sqlite3.Connection, traces_before: str, jobs_before: str, messages_before: Mapping[str, str]
+) -> dict[str, int]:
+    flush_rows(db)
+    counts = {
+        "traces": db.execute("DELETE FROM traces WHERE at < ?", (traces_before,)).rowcount,
+        "jobs": db.execute(
+            "DELETE FROM jobs WHERE status IN ('done', 'dead') AND updated_at < ?", (jobs_before,)
+        ).rowcount,
+        "messages": 0,
+    }
+    for tenant, cutoff in messages_before.items():
+        # A message with unfinished work is kept until that work is done.
+        counts["messages"] += db.execute(
+            "DELETE FROM messages WHERE tenant_id = ? AND created_at < ? AND NOT EXISTS"
+            " (SELECT 1 FROM jobs j WHERE j.message_id = messages.id AND j.status IN ('queued', 'running'))",
+            (tenant, cutoff),
+        ).rowcount
+    return counts
+
+
+# --- helpers of the writes --------------------------------------------------------------------
 def _insert_job(
     db: sqlite3.Connection, job: NewJob, tenant: str, message_id: str | None, now: str, lease: Lease | None = None
 ) -> int:
@@ -1035,7 +1162,7 @@ def _insert_leased_if_head(db: sqlite3.Connection, job: NewJob, message: Message
     return leased_job(job, seq, message.tenant, message, now, lease)
 
 
-def _close_job(db: sqlite3.Connection, job: Job, status: str, error: str | None, now: str) -> bool:
+def _close_job(db: sqlite3.Connection, job: _JobRef, status: str, error: str | None, now: str) -> bool:
     cur = db.execute(
         "UPDATE jobs SET status = ?, last_error = COALESCE(?, last_error), lease_owner = NULL, lease_until = NULL,"
         " updated_at = ? WHERE id = ? AND lease_owner = ? AND status = 'running'",

@@ -18,7 +18,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 #: A unit of work run on the writer's connection inside the writer's transaction, called as
 #: ``fn(db, *args)``.
@@ -77,10 +77,18 @@ _STOP = object()
 
 
 class GroupCommitWriter:
-    """Runs writes on a dedicated thread; :meth:`write` batches, :meth:`call` runs a function alone."""
+    """Runs writes on a dedicated thread; :meth:`write` batches, :meth:`call` runs a function alone.
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], *, max_batch: int = MAX_BATCH) -> None:
+    With ``process=True`` the thread hands each batch to a writer process
+    (:mod:`omni_core.store.sqlite_writer_process`) and only waits for its answer; ``connect``
+    and every write's function and arguments must then pickle (module-level functions).
+    """
+
+    def __init__(
+        self, connect: Callable[[], sqlite3.Connection], *, max_batch: int = MAX_BATCH, process: bool = False
+    ) -> None:
         self._connect = connect
+        self._process = process
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -124,7 +132,13 @@ class GroupCommitWriter:
     # --- the thread -----------------------------------------------------------------------------
     def _run(self, ready: asyncio.Future[None]) -> None:
         try:
-            db = self._connect()
+            executor: Executor
+            if self._process:
+                from omni_core.store.sqlite_writer_process import ChildWriter  # only when used
+
+                executor = ChildWriter(self._connect)
+            else:
+                executor = LocalWriter(self._connect)
         except BaseException as exc:
             self._resolve_stopped()
             self._post(_fail, ready, exc)
@@ -137,7 +151,7 @@ class GroupCommitWriter:
                 if item is _STOP:
                     break
                 if item.alone:
-                    self._run_batch(db, [item], in_transaction=False)
+                    self._run_batch(executor, [item], in_transaction=False)
                     continue
                 batch = [item]
                 # Everything queued meanwhile joins this transaction, up to an item that must
@@ -151,28 +165,22 @@ class GroupCommitWriter:
                         pending.append(following)
                         break
                     batch.append(following)
-                self._run_batch(db, batch, in_transaction=True)
+                self._run_batch(executor, batch, in_transaction=True)
         finally:
             with contextlib.suppress(Exception):
-                db.close()
+                executor.close()
             self._resolve_stopped()
 
-    def _run_batch(self, db: sqlite3.Connection, batch: list[_Item], *, in_transaction: bool) -> None:
+    def _run_batch(self, executor: Executor, batch: list[_Item], *, in_transaction: bool) -> None:
+        futures = [i.future for i in batch]
         try:
-            ops = [(i.fn, i.args) for i in batch]
-            results = _transaction(db, ops) if in_transaction else [batch[0].fn(db, *batch[0].args)]
+            outcomes = executor.run([(i.fn, i.args) for i in batch], in_transaction)
         except BaseException as exc:
-            if len(batch) > 1:
-                # One op failed and the whole batch rolled back: re-run each alone so only the
-                # faulty one reports its error and the others still commit.
-                for item in batch:
-                    self._run_batch(db, [item], in_transaction=True)
-                return
-            self._post(_fail_all, [batch[0].future], exc)
+            self._post(_fail_all, futures, exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        self._post(_succeed_all, [i.future for i in batch], results)
+        self._post(_settle_all, futures, outcomes)
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
@@ -204,6 +212,51 @@ def insert_many(db: sqlite3.Connection, insert_sql: str, rows: Sequence[tuple[An
             params = chunk[0] if size == 1 else [value for row in chunk for value in row]
             inserted += db.execute(sql, params).rowcount
     return inserted
+
+
+#: What one write came to: ``(True, result)`` or ``(False, exception)``.
+Outcome = tuple[bool, Any]
+
+
+class Executor(Protocol):
+    """Runs batches of writes on the writer's connection, in this process or another."""
+
+    def run(self, ops: list[tuple[WriteOp, tuple[Any, ...]]], in_transaction: bool) -> list[Outcome]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalWriter:
+    """The writer's connection in this process (``:memory:`` databases, ``OMNI_SQLITE_WRITER=thread``)."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._db = connect()
+
+    def run(self, ops: list[tuple[WriteOp, tuple[Any, ...]]], in_transaction: bool) -> list[Outcome]:
+        return run_ops(self._db, ops, in_transaction)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def run_ops(db: sqlite3.Connection, ops: list[tuple[WriteOp, tuple[Any, ...]]], in_transaction: bool) -> list[Outcome]:
+    """Run ``ops`` in one transaction (or one op without one); each op's outcome in order.
+
+    If one op fails the whole transaction rolls back, and each op is re-run in a transaction of
+    its own: only the faulty one reports its error, the others still commit.
+    """
+    if not in_transaction:
+        fn, args = ops[0]
+        try:
+            return [(True, fn(db, *args))]
+        except Exception as exc:
+            return [(False, exc)]
+    try:
+        return [(True, result) for result in _transaction(db, ops)]
+    except Exception as exc:
+        if len(ops) == 1:
+            return [(False, exc)]
+        return [run_ops(db, [op], True)[0] for op in ops]
 
 
 def _transaction(db: sqlite3.Connection, ops: list[tuple[WriteOp, tuple[Any, ...]]]) -> list[Any]:
@@ -247,10 +300,14 @@ def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
-def _succeed_all(futures: list[asyncio.Future[Any]], values: list[Any]) -> None:
-    for future, value in zip(futures, values, strict=True):
-        if not future.done():
+def _settle_all(futures: list[asyncio.Future[Any]], outcomes: list[Outcome]) -> None:
+    for future, (ok, value) in zip(futures, outcomes, strict=True):
+        if future.done():
+            continue
+        if ok:
             future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 def _fail_all(futures: list[asyncio.Future[Any]], exc: BaseException) -> None:

@@ -18,6 +18,7 @@ from omni_core.store.base import HistoryQuery, Lease, NewJob, Store, TraceRecord
 from omni_core.store.postgres import PostgresStore
 from omni_core.store.sqlite import SqliteStore, StoreLockedError
 from tests.pg import acreate_database, adrop_database
+from tests.writer_ops import FileGate, wait_for_file
 
 NOW = "2026-01-01T00:00:00.000Z"
 
@@ -456,20 +457,18 @@ async def test_webhooks_stored_together_keep_dedup_order_and_traces(store: Store
 async def test_one_sqlite_batch_of_inserts_with_duplicates_answers_like_one_at_a_time(
     sqlite_store: SqliteStore,
 ) -> None:
-    import threading
-
     old = msg(external_id="OLD")
     await sqlite_store.insert_message(old, job_for(old), NOW)
     writer = sqlite_store._writer
     assert writer is not None
-    gate = threading.Event()
-    blocked = writer.write(lambda db: gate.wait(5))  # the next writes queue up into one batch
+    gate = FileGate(Path(sqlite_store.path).parent)
+    blocked = writer.write(wait_for_file, gate.path)  # the next writes queue up into one batch
     await asyncio.sleep(0.05)
     batch = [msg(external_id="A"), msg(external_id="OLD"), msg(external_id="A"), msg(external_id="B"), msg()]
     pending = [asyncio.ensure_future(sqlite_store.insert_message(m, job_for(m), NOW)) for m in batch]
     await asyncio.sleep(0.05)
-    gate.set()
-    await blocked
+    gate.open()
+    assert await blocked is True
     outs = await asyncio.gather(*pending)
     assert [o.accepted for o in outs] == [True, False, False, True, True]
     assert [o.id for o in outs] == [batch[0].id, old.id, batch[0].id, batch[3].id, batch[4].id]

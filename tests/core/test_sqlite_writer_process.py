@@ -1,0 +1,156 @@
+"""The SQLite writer process: batches run in a child, failures come back per write, a dead child is replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import signal
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from omni_core.store.sqlite_writer import GroupCommitWriter, WriterConnection
+from omni_core.store.sqlite_writer_process import ChildWriter, WriterProcessError
+from tests.writer_ops import wait_for_file, writer_pid
+
+# Writes and the connect function must be module-level: they travel to the child by reference.
+
+
+def connect(path: str, log_path: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, factory=WriterConnection)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, a INTEGER NOT NULL UNIQUE, b TEXT)")
+    log = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the connection
+    db.set_trace_callback(lambda statement: log.write(statement.split()[0] + "\n"))
+    return db
+
+
+def connect_fails(path: str) -> sqlite3.Connection:
+    raise sqlite3.OperationalError(f"unable to open database file {path}")
+
+
+def insert(db: sqlite3.Connection, a: int, b: str = "x") -> int:
+    return db.execute("INSERT INTO t (a, b) VALUES (?, ?)", (a, b)).rowcount
+
+
+def unpicklable_result(db: sqlite3.Connection) -> Any:
+    return lambda: None
+
+
+def rows(path: Path) -> list[int]:
+    with sqlite3.connect(path) as db:
+        return [a for (a,) in db.execute("SELECT a FROM t ORDER BY id")]
+
+
+@pytest.fixture
+async def writer(tmp_path: Path) -> AsyncIterator[tuple[GroupCommitWriter, Path, Path]]:
+    db, log = tmp_path / "w.db", tmp_path / "statements.log"
+    w = GroupCommitWriter(functools.partial(connect, str(db), str(log)), process=True)
+    await w.open()
+    yield w, db, log
+    await w.close()
+
+
+async def test_writes_run_in_another_process_and_share_one_commit(writer: tuple[GroupCommitWriter, Path, Path]) -> None:
+    w, db, log = writer
+    assert await w.write(writer_pid) != os.getpid()
+    gate = db.parent / "gate"
+    blocked = w.write(wait_for_file, str(gate))
+    await asyncio.sleep(0.1)  # the child is now inside the first transaction
+    rest = [w.write(insert, i) for i in range(50)]
+    log.write_text("")
+    gate.touch()
+    assert await blocked is True
+    assert await asyncio.gather(*rest) == [1] * 50
+    statements = log.read_text().split()
+    # After the blocked transaction's COMMIT: one more transaction for all fifty writes.
+    assert statements.count("BEGIN") == 1
+    assert statements.count("COMMIT") == 2
+    assert rows(db) == list(range(50))
+
+
+async def test_a_failing_write_fails_alone_with_its_own_error(writer: tuple[GroupCommitWriter, Path, Path]) -> None:
+    w, db, _ = writer
+    gate = db.parent / "gate"
+    blocked = w.write(wait_for_file, str(gate))
+    await asyncio.sleep(0.1)
+    futures = [w.write(insert, 1), w.write(insert, 1), w.write(insert, 2)]  # the second is a duplicate
+    gate.touch()
+    await blocked
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert results[0] == 1 and results[2] == 1
+    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert "UNIQUE" in str(results[1])
+    assert rows(db) == [1, 2]
+
+
+async def test_a_write_that_cannot_travel_fails_and_the_batch_still_commits(
+    writer: tuple[GroupCommitWriter, Path, Path],
+) -> None:
+    w, db, _ = writer
+    gate = db.parent / "gate"
+    blocked = w.write(wait_for_file, str(gate))
+    await asyncio.sleep(0.1)
+    futures = [w.write(insert, 1), w.write(lambda d: insert(d, 2)), w.write(insert, 3), w.write(unpicklable_result)]
+    gate.touch()
+    await blocked
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert results[0] == 1 and results[2] == 1
+    assert isinstance(results[1], TypeError) and "cannot be sent to the writer" in str(results[1])
+    assert isinstance(results[3], WriterProcessError) and "could not be sent back" in str(results[3])
+    assert rows(db) == [1, 3]
+
+
+async def test_a_dead_child_fails_its_batch_and_the_next_write_gets_a_new_one(
+    writer: tuple[GroupCommitWriter, Path, Path],
+) -> None:
+    w, db, _ = writer
+    first = await w.write(writer_pid)
+    gate = db.parent / "gate"
+    blocked = w.write(wait_for_file, str(gate))
+    await asyncio.sleep(0.1)
+    os.kill(first, signal.SIGKILL)
+    with pytest.raises(WriterProcessError, match="exited during a batch"):
+        await blocked
+    second = await w.write(writer_pid)
+    assert second not in (first, os.getpid())
+    assert await w.write(insert, 7) == 1
+    assert rows(db) == [7]
+
+
+async def test_close_lets_the_child_finish_and_exit(tmp_path: Path) -> None:
+    db, log = tmp_path / "w.db", tmp_path / "statements.log"
+    w = GroupCommitWriter(functools.partial(connect, str(db), str(log)), process=True)
+    await w.open()
+    pid = await w.write(writer_pid)
+    futures = [w.write(insert, i) for i in range(20)]
+    await w.close()
+    assert await asyncio.gather(*futures) == [1] * 20
+    assert rows(db) == list(range(20))
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # reaped: the pid no longer exists
+    with pytest.raises(RuntimeError, match="closed"):
+        w.write(insert, 99)
+
+
+async def test_a_connect_failure_raises_at_open(tmp_path: Path) -> None:
+    w = GroupCommitWriter(functools.partial(connect_fails, str(tmp_path / "nope.db")), process=True)
+    with pytest.raises(sqlite3.OperationalError, match="unable to open"):
+        await w.open()
+
+
+def test_child_writer_runs_batches_without_the_writer_thread(tmp_path: Path) -> None:
+    child = ChildWriter(functools.partial(connect, str(tmp_path / "w.db"), str(tmp_path / "log")))
+    try:
+        assert child.run([(insert, (1,)), (insert, (1,))], True)[0] == (True, 1)
+        outcomes = child.run([(insert, (2,)), (insert, (2,))], True)
+        assert outcomes[0] == (True, 1) and outcomes[1][0] is False
+        assert child.run([(writer_pid, ())], False) == [(True, child.pid)]
+    finally:
+        child.close()
+    assert child.pid is None
+    assert rows(tmp_path / "w.db") == [1, 2]
