@@ -31,3 +31,8 @@ class FileGate:
 
     def open(self) -> None:
         Path(self.path).touch()
+
+
+def committed_rows(db: sqlite3.Connection) -> tuple[bool, int]:
+    """Whether the write runs inside a transaction, and how many rows of ``t`` it sees."""
+    return db.in_transaction, int(db.execute("SELECT COUNT(*) FROM t").fetchone()[0])

@@ -18,7 +18,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 #: A unit of work run on the writer's connection inside the writer's transaction, called as
 #: ``fn(db, *args)``.
@@ -79,9 +79,9 @@ _STOP = object()
 class GroupCommitWriter:
     """Runs writes on a dedicated thread; :meth:`write` batches, :meth:`call` runs a function alone.
 
-    With ``process=True`` the thread hands each batch to a writer process
-    (:mod:`omni_core.store.sqlite_writer_process`) and only waits for its answer; ``connect``
-    and every write's function and arguments must then pickle (module-level functions).
+    With ``process=True`` the thread pickles the writes and sends them to a writer process
+    (:mod:`omni_core.store.sqlite_writer_process`), which runs the transactions; ``connect`` and
+    every write's function and arguments must then pickle (module-level functions).
     """
 
     def __init__(
@@ -131,14 +131,11 @@ class GroupCommitWriter:
 
     # --- the thread -----------------------------------------------------------------------------
     def _run(self, ready: asyncio.Future[None]) -> None:
+        if self._process:
+            self._run_with_child(ready)
+            return
         try:
-            executor: Executor
-            if self._process:
-                from omni_core.store.sqlite_writer_process import ChildWriter  # only when used
-
-                executor = ChildWriter(self._connect)
-            else:
-                executor = LocalWriter(self._connect)
+            db = self._connect()
         except BaseException as exc:
             self._resolve_stopped()
             self._post(_fail, ready, exc)
@@ -151,7 +148,7 @@ class GroupCommitWriter:
                 if item is _STOP:
                     break
                 if item.alone:
-                    self._run_batch(executor, [item], in_transaction=False)
+                    self._run_batch(db, [item], in_transaction=False)
                     continue
                 batch = [item]
                 # Everything queued meanwhile joins this transaction, up to an item that must
@@ -165,22 +162,38 @@ class GroupCommitWriter:
                         pending.append(following)
                         break
                     batch.append(following)
-                self._run_batch(executor, batch, in_transaction=True)
+                self._run_batch(db, batch, in_transaction=True)
         finally:
             with contextlib.suppress(Exception):
-                executor.close()
+                db.close()
             self._resolve_stopped()
 
-    def _run_batch(self, executor: Executor, batch: list[_Item], *, in_transaction: bool) -> None:
+    def _run_batch(self, db: sqlite3.Connection, batch: list[_Item], *, in_transaction: bool) -> None:
         futures = [i.future for i in batch]
         try:
-            outcomes = executor.run([(i.fn, i.args) for i in batch], in_transaction)
+            outcomes = run_ops(db, [(i.fn, i.args) for i in batch], in_transaction)
         except BaseException as exc:
             self._post(_fail_all, futures, exc)
             if not isinstance(exc, Exception):
                 raise
             return
         self._post(_settle_all, futures, outcomes)
+
+    def _run_with_child(self, ready: asyncio.Future[None]) -> None:
+        from omni_core.store.sqlite_writer_process import ChildLink  # only when used
+
+        try:
+            link = ChildLink(self._connect, self._post)
+        except BaseException as exc:
+            self._resolve_stopped()
+            self._post(_fail, ready, exc)
+            return
+        self._post(_succeed, ready, None)
+        try:
+            link.pump(self._queue, _STOP, self._max_batch)
+        finally:
+            link.close()
+            self._resolve_stopped()
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
@@ -216,27 +229,6 @@ def insert_many(db: sqlite3.Connection, insert_sql: str, rows: Sequence[tuple[An
 
 #: What one write came to: ``(True, result)`` or ``(False, exception)``.
 Outcome = tuple[bool, Any]
-
-
-class Executor(Protocol):
-    """Runs batches of writes on the writer's connection, in this process or another."""
-
-    def run(self, ops: list[tuple[WriteOp, tuple[Any, ...]]], in_transaction: bool) -> list[Outcome]: ...
-
-    def close(self) -> None: ...
-
-
-class LocalWriter:
-    """The writer's connection in this process (``:memory:`` databases, ``OMNI_SQLITE_WRITER=thread``)."""
-
-    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
-        self._db = connect()
-
-    def run(self, ops: list[tuple[WriteOp, tuple[Any, ...]]], in_transaction: bool) -> list[Outcome]:
-        return run_ops(self._db, ops, in_transaction)
-
-    def close(self) -> None:
-        self._db.close()
 
 
 def run_ops(db: sqlite3.Connection, ops: list[tuple[WriteOp, tuple[Any, ...]]], in_transaction: bool) -> list[Outcome]:

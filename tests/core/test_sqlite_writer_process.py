@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from omni_core.store.sqlite_writer import GroupCommitWriter, WriterConnection
-from omni_core.store.sqlite_writer_process import ChildWriter, WriterProcessError
-from tests.writer_ops import wait_for_file, writer_pid
+from omni_core.store.sqlite_writer_process import WriterProcessError
+from tests.writer_ops import committed_rows, wait_for_file, writer_pid
 
 # Writes and the connect function must be module-level: they travel to the child by reference.
 
@@ -113,8 +113,8 @@ async def test_a_dead_child_fails_its_batch_and_the_next_write_gets_a_new_one(
     gate = db.parent / "gate"
     blocked = w.write(wait_for_file, str(gate))
     await asyncio.sleep(0.1)
-    os.kill(first, signal.SIGKILL)
-    with pytest.raises(WriterProcessError, match="exited during a batch"):
+    os.kill(first, signal.SIGKILL)  # mid-transaction
+    with pytest.raises(WriterProcessError, match=r"exited \(exit code -9\) with writes in flight"):
         await blocked
     second = await w.write(writer_pid)
     assert second not in (first, os.getpid())
@@ -143,14 +143,19 @@ async def test_a_connect_failure_raises_at_open(tmp_path: Path) -> None:
         await w.open()
 
 
-def test_child_writer_runs_batches_without_the_writer_thread(tmp_path: Path) -> None:
-    child = ChildWriter(functools.partial(connect, str(tmp_path / "w.db"), str(tmp_path / "log")))
-    try:
-        assert child.run([(insert, (1,)), (insert, (1,))], True)[0] == (True, 1)
-        outcomes = child.run([(insert, (2,)), (insert, (2,))], True)
-        assert outcomes[0] == (True, 1) and outcomes[1][0] is False
-        assert child.run([(writer_pid, ())], False) == [(True, child.pid)]
-    finally:
-        child.close()
-    assert child.pid is None
-    assert rows(tmp_path / "w.db") == [1, 2]
+async def test_a_call_runs_alone_between_the_writes_around_it(writer: tuple[GroupCommitWriter, Path, Path]) -> None:
+    w, db, log = writer
+    gate = db.parent / "gate"
+    blocked = w.write(wait_for_file, str(gate))
+    await asyncio.sleep(0.1)
+    before = [w.write(insert, i) for i in range(3)]
+    alone = w.call(committed_rows)
+    after = [w.write(insert, i) for i in range(3, 6)]
+    log.write_text("")
+    gate.touch()
+    await blocked
+    assert await asyncio.gather(*before) == [1, 1, 1]
+    # Outside any transaction, after the writes queued before it committed, before the ones after it.
+    assert await alone == (False, 3)
+    assert await asyncio.gather(*after) == [1, 1, 1]
+    assert log.read_text().split().count("COMMIT") == 3  # the gate's, the three before, the three after
