@@ -109,7 +109,7 @@ async def _insert_leased_if_head(conn: Any, job: NewJob, message: Message, now: 
         return None
     await conn.execute("UPDATE messages SET status = 'processing' WHERE id = $1", message.id)
     message.status = "processing"
-    return leased_job(job, int(seq), message.tenant, message, now, lease)
+    return leased_job(job, int(seq), message.tenant, message.id, now, lease, message)
 
 
 def _job_args(job: NewJob, tenant: str, message_id: str | None, now: str) -> tuple[Any, ...]:

@@ -50,15 +50,17 @@ def job_from_row(row: Sequence[Any]) -> Job:
     )
 
 
-def leased_job(new: NewJob, seq: int, tenant: str, message: Message, now: str, lease: Lease) -> Job:
-    """The Job for a deliver job that was stored already leased (a route job's hand-off)."""
+def leased_job(
+    new: NewJob, seq: int, tenant: str, message_id: str, now: str, lease: Lease, message: Message | None = None
+) -> Job:
+    """The Job for a job that was stored already leased (direct dispatch, a route job's hand-off)."""
     return Job(
         id=new.id,
         seq=seq,
         tenant=tenant,
         kind=new.kind,
         lane=new.lane,
-        message_id=message.id,
+        message_id=message_id,
         status="running",
         attempts=1,
         max_attempts=new.max_attempts,

@@ -342,10 +342,11 @@ class SqliteStore(Store):
         lease: Lease | None = None,
     ) -> InsertOutcome:
         row = message_row(message, now)
-
-        result: InsertOutcome = await self._write(
-            _write_insert_message, row, message, job, now, extra_jobs, traces, lease
-        )
+        result: InsertOutcome = await self._write(_write_insert_message, row, job, now, extra_jobs, traces, lease)
+        if result.leased is not None:
+            # Leased in the writer as a claim would: the message moved to processing there.
+            message.status = "processing"
+            result.leased.message = message
         return result
 
     async def get_message(self, message_id: str) -> Message | None:
@@ -447,10 +448,14 @@ class SqliteStore(Store):
         hand_off: Lease | None = None,
     ) -> Finished:
         trace_rows = [trace_row(r) for r in traces]
-
+        reply_rows = [(message_row(message, now), jobs) for message, jobs in replies]
         result: Finished = await self._write(
-            _write_finish_route, _JobRef.of(job), message_status, replies, now, trace_rows, hand_off
+            _write_finish_route, _JobRef.of(job), message_status, reply_rows, now, trace_rows, hand_off
         )
+        if result.next_job is not None:
+            first = replies[0][0]
+            first.status = "processing"
+            result.next_job.message = first
         return result
 
     async def finish_deliver(
@@ -741,31 +746,32 @@ def _write_delete_instance(db: sqlite3.Connection, instance_id: str) -> bool:
 def _write_insert_message(
     db: sqlite3.Connection,
     row: tuple[Any, ...],
-    message: Message,
     job: NewJob | None,
     now: str,
     extra_jobs: Sequence[NewJob],
     traces: Sequence[TraceRecord],
     lease: Lease | None,
 ) -> InsertOutcome:
+    # The message travels as its row (see message_row): id, tenant, instance, ..., external_id.
+    message_id, tenant, instance, external_id = row[0], row[1], row[2], row[5]
     cur = db.execute(INSERT_MESSAGE + " ON CONFLICT DO NOTHING", row)
     if cur.rowcount == 0:
         found = db.execute(
             "SELECT id FROM messages WHERE tenant_id = ? AND instance = ? AND external_id = ?",
-            (message.tenant, message.instance, message.external_id),
+            (tenant, instance, external_id),
         ).fetchone()
         if found is None:  # a message id collision: never expected with ULIDs
-            raise RuntimeError(f"message {message.id} could not be stored")
+            raise RuntimeError(f"message {message_id} could not be stored")
         outcome = InsertOutcome(accepted=False, id=found[0])
     else:
         leased = None
         if job is not None and lease is not None:
-            leased = _insert_leased_if_head(db, job, message, now, lease)
+            leased = _insert_leased_if_head(db, job, tenant, message_id, now, lease)
         if job is not None and leased is None:
-            _insert_job(db, job, message.tenant, message.id, now)
+            _insert_job(db, job, tenant, message_id, now)
         for new_job in extra_jobs:
-            _insert_job(db, new_job, message.tenant, message.id, now)
-        outcome = InsertOutcome(accepted=True, id=message.id, leased=leased)
+            _insert_job(db, new_job, tenant, message_id, now)
+        outcome = InsertOutcome(accepted=True, id=message_id, leased=leased)
     if traces:
         insert_rows(db, INSERT_TRACE, ingest_trace_rows(traces, outcome.id, outcome.accepted))
     return outcome
@@ -902,7 +908,7 @@ def _write_finish_route(
     db: sqlite3.Connection,
     job: _JobRef,
     message_status: MessageStatus,
-    replies: Sequence[tuple[Message, Sequence[NewJob]]],
+    replies: Sequence[tuple[tuple[Any, ...], Sequence[NewJob]]],
     now: str,
     trace_rows: Sequence[tuple[Any, ...]],
     hand_off: Lease | None,
@@ -915,15 +921,16 @@ def _write_finish_route(
             (message_status, now, job.message_id),
         )
     next_job = None
-    for i, (message, jobs) in enumerate(replies):
-        db.execute(INSERT_MESSAGE, message_row(message, now))
+    for i, (row, jobs) in enumerate(replies):
+        db.execute(INSERT_MESSAGE, row)
+        message_id, tenant = row[0], row[1]
         for new_job in jobs:
             # Only the first reply's send may be handed off: later parts queue behind it.
             if i == 0 and new_job.kind == "deliver" and hand_off is not None and next_job is None:
-                next_job = _insert_leased_if_head(db, new_job, message, now, hand_off)
+                next_job = _insert_leased_if_head(db, new_job, tenant, message_id, now, hand_off)
                 if next_job is not None:
                     continue
-            _insert_job(db, new_job, message.tenant, message.id, now)
+            _insert_job(db, new_job, tenant, message_id, now)
     if trace_rows:
         insert_rows(db, INSERT_TRACE, trace_rows)
     return Finished(ok=True, next_job=next_job)
@@ -1147,19 +1154,21 @@ def _insert_job(
     return int(cur.lastrowid or 0)
 
 
-def _insert_leased_if_head(db: sqlite3.Connection, job: NewJob, message: Message, now: str, lease: Lease) -> Job | None:
+def _insert_leased_if_head(
+    db: sqlite3.Connection, job: NewJob, tenant: str, message_id: str, now: str, lease: Lease
+) -> Job | None:
     """Store ``job`` already leased to ``lease.owner`` when its lane has nothing queued or running
     (so it would be the lane's head anyway), moving its message to ``processing`` as a claim
-    would; None (nothing written) when the lane is busy."""
+    would; None (nothing written) when the lane is busy. The Job comes back without its message:
+    the caller attaches its own (and sets its status), so the message never travels back."""
     busy = db.execute(
         "SELECT 1 FROM jobs WHERE lane = ? AND status IN ('queued', 'running') LIMIT 1", (job.lane,)
     ).fetchone()
     if busy is not None:
         return None
-    seq = _insert_job(db, job, message.tenant, message.id, now, lease)
-    db.execute("UPDATE messages SET status = 'processing' WHERE id = ?", (message.id,))
-    message.status = "processing"
-    return leased_job(job, seq, message.tenant, message, now, lease)
+    seq = _insert_job(db, job, tenant, message_id, now, lease)
+    db.execute("UPDATE messages SET status = 'processing' WHERE id = ?", (message_id,))
+    return leased_job(job, seq, tenant, message_id, now, lease)
 
 
 def _close_job(db: sqlite3.Connection, job: _JobRef, status: str, error: str | None, now: str) -> bool:

@@ -31,7 +31,7 @@ def test_every_write_function_pickles_by_reference() -> None:
 def test_an_insert_message_write_round_trips_through_pickle_and_runs() -> None:
     m = msg(external_id="ext-1")
     trace = TraceRecord(tenant="t1", stage="received", outcome="ok", at=NOW, message_id=m.id)
-    args = (message_row(m, NOW), m, job_for(m), NOW, [job_for(m)], [trace], Lease("w1", 123.0))
+    args = (message_row(m, NOW), job_for(m), NOW, [job_for(m)], [trace], Lease("w1", 123.0))
     fn, copied = pickle.loads(pickle.dumps((sqlite_store._write_insert_message, args)))
     assert fn is sqlite_store._write_insert_message
     assert copied == args
@@ -46,6 +46,7 @@ def test_an_insert_message_write_round_trips_through_pickle_and_runs() -> None:
         db.close()
     assert outcome.accepted and outcome.id == m.id
     assert outcome.leased is not None and outcome.leased.lease_owner == "w1"
+    assert outcome.leased.message_id == m.id and outcome.leased.message is None  # the store attaches its own
 
 
 def test_the_status_event_callback_pickles() -> None:
