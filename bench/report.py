@@ -23,8 +23,9 @@ HEADER = """# Performance
 
 Figures from the benchmark suite in `bench/` (issue 3). Regenerate them with `python -m bench`
 (the standard set, about 10 minutes; `--quick` is a smoke check, `--only NAME` reruns one scenario
-and keeps the others' figures). Everything runs on this machine at once: the hub (one process),
-the load generator (wrk) and the fake Hive and Evolution servers (one process) share its cores, so
+and keeps the others' figures). Everything runs on this machine at once: the hub (one server
+process, with its SQLite writer process), the load generator (wrk) and the fake Hive and Evolution
+servers (one process) share its cores, so
 the figures are those of a small machine under its own load, and they are noisy: each is the
 median of short repeated runs.
 """

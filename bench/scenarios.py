@@ -123,7 +123,15 @@ class Context:
         path.mkdir(parents=True)
         return path
 
-    def hub(self, label: str, *, workers: int | None, hive: bool, data_dir: Path | None = None) -> procs.Hub:
+    def hub(
+        self,
+        label: str,
+        *,
+        workers: int | None,
+        hive: bool,
+        data_dir: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> procs.Hub:
         if (note := self.fakes.ensure_running()) is not None:
             self.events.append(note)
         data_dir = data_dir or self.data_dir(label)
@@ -137,6 +145,7 @@ class Context:
         }
         if workers is not None:
             env["OMNI_WORKERS"] = str(workers)
+        env.update(extra_env or {})
         hub = procs.Hub(data_dir, env)
         self._hubs.append(hub)
         return hub
@@ -464,6 +473,24 @@ def ingest(ctx: Context) -> Section:
     except Exception as exc:  # keep the ingest-only figures already measured
         notes.append(f"ingest with workers on failed: {type(exc).__name__}: {str(exc)[:300]}")
     tally.add(hub2)
+
+    # SQLite only: the same c=64 load with the writer on a thread of the hub process
+    # (OMNI_SQLITE_WRITER=thread), against the default writer process, in the same run.
+    threaded: list[dict[str, Any]] = []
+    if ctx.backend.name == "sqlite":
+        hub3 = ctx.hub("ingest-thread-writer", workers=0, hive=False, extra_env={"OMNI_SQLITE_WRITER": "thread"})
+        try:
+            with running(hub3):
+                targets3 = setup_targets(hub3, "ingt", plan.tenants)
+                for rep in range(plan.reps):
+                    meter = CpuMeter(hub3)
+                    result = load_ingest(ctx, hub3, targets3, plan.chats, 64, plan.ingest_s)
+                    threaded.append({**result.as_dict(), "hub_cpu_pct": meter.percent()})
+                    notes += load_notes("ingest c=64 thread writer", result)
+                    log(f"  ingest c=64 thread writer rep {rep + 1}: {result.ok_per_s:,.0f} ack/s")
+        except Exception as exc:
+            notes.append(f"ingest with the thread writer failed: {type(exc).__name__}: {str(exc)[:300]}")
+        tally.add(hub3)
     notes += tally.notes()
 
     ceiling_rps = ctx.ceiling or 0.0
@@ -474,6 +501,8 @@ def ingest(ctx: Context) -> Section:
         rows.append(_ingest_row(str(c), "0 (ingest only)", level, ack, ceiling_rps))
     if busy:
         rows.append(_ingest_row("64", "50 + Hive", busy, med(busy, "ok_per_s"), ceiling_rps))
+    if threaded:
+        rows.append(_ingest_row("64", "0, writer on a thread", threaded, med(threaded, "ok_per_s"), ceiling_rps))
     c64 = runs.get("64", [])
     checks = []
     if c64:
@@ -509,6 +538,7 @@ def ingest(ctx: Context) -> Section:
         raw={
             "runs": runs,
             "workers_on": busy,
+            "thread_writer": threaded,
             "ceiling_rps": ceiling_rps,
             "ceiling_runs": ceiling_runs,
             "acknowledged": acknowledged,
