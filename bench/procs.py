@@ -127,6 +127,19 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+#: CPU seconds of hubs' helper processes (writer, fork server), taken when each hub stopped.
+helpers_cpu_s = 0.0
+
+
+def full_cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far, with that of the children it has reaped."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """CPU time used so far by ``pid`` and its live descendants."""
     return sum(cpu_seconds(p) for p in process_tree(pid))
@@ -145,8 +158,8 @@ def machine_busy_seconds() -> float:
 class OthersMeter:
     """How much CPU processes that are not this benchmark's used meanwhile (another engineer's tests...).
 
-    Our own share is this process, its reaped children (hubs, wrk: each scenario waits for them)
-    and the live fakes process.
+    Our own share is this process, its reaped children (hubs, wrk: each scenario waits for them),
+    the hubs' helper processes (:data:`helpers_cpu_s`) and the live fakes process.
     """
 
     def __init__(self, fakes_pid: int | None) -> None:
@@ -156,7 +169,7 @@ class OthersMeter:
     def _own(self) -> float:
         t = os.times()
         fakes = cpu_seconds(self.fakes_pid) if self.fakes_pid else 0.0
-        return t.user + t.system + t.children_user + t.children_system + fakes
+        return t.user + t.system + t.children_user + t.children_system + fakes + helpers_cpu_s
 
     def share(self) -> float:
         """Others' CPU as a share of the whole machine (all cores) since the meter started."""
@@ -289,6 +302,11 @@ class Hub:
 
     def stop(self) -> None:
         if self.proc is not None:
+            if self.proc.poll() is None:
+                # The hub's helper processes (the SQLite writer and the fork server it comes from)
+                # outlive it by a moment and are reaped by nobody of ours: count their CPU now.
+                global helpers_cpu_s
+                helpers_cpu_s += sum(full_cpu_seconds(p) for p in process_tree(self.proc.pid)[1:])
             stop(self.proc)
 
     @property

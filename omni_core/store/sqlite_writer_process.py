@@ -66,8 +66,16 @@ def spawn(connect: Callable[[], sqlite3.Connection]) -> tuple[Connection, Any]:
     ctx = _fork_context()
     ours, theirs = ctx.Pipe()
     proc = ctx.Process(target=serve, args=(theirs, connect), name="omni-sqlite-writer", daemon=True)
-    proc.start()
-    theirs.close()
+    try:
+        proc.start()
+    except Exception as exc:
+        ours.close()
+        raise WriterProcessError(
+            f"could not start the SQLite writer process ({type(exc).__name__}: {exc});"
+            " OMNI_SQLITE_WRITER=thread runs the writes in the hub process instead"
+        ) from exc
+    finally:
+        theirs.close()
     try:
         ok, value = pickle.loads(ours.recv_bytes())
     except (EOFError, OSError) as exc:
