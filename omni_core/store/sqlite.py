@@ -70,6 +70,7 @@ from omni_core.store.rows import (
     where,
 )
 from omni_core.store.sqlite_writer import GroupCommitWriter, WriteOp, WriterConnection, flush_rows, insert_rows
+from omni_core.store.sqlite_writer_process import ProcessWriter
 
 T = TypeVar("T")
 log = structlog.get_logger("omni.store")
@@ -130,7 +131,7 @@ class SqliteStore(Store):
         #: "process" (the writer process, see sqlite_writer_process) or "thread"; a ``:memory:``
         #: database exists only in this process, so its writer is always a thread.
         self.writer = "thread" if path == ":memory:" else writer
-        self._writer: GroupCommitWriter | None = None
+        self._writer: GroupCommitWriter | ProcessWriter | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock_fd: int | None = None
         self._closing = False
@@ -154,7 +155,7 @@ class SqliteStore(Store):
         self._closing = False
         try:
             connect = functools.partial(connect_writer, self.path, self.synchronous)
-            self._writer = GroupCommitWriter(connect, process=self.writer == "process")
+            self._writer = ProcessWriter(connect) if self.writer == "process" else GroupCommitWriter(connect)
             await self._writer.open()
             self.applied_migrations = await self.migrate()
             self._reader = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)

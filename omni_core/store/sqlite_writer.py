@@ -79,16 +79,12 @@ _STOP = object()
 class GroupCommitWriter:
     """Runs writes on a dedicated thread; :meth:`write` batches, :meth:`call` runs a function alone.
 
-    With ``process=True`` the thread pickles the writes and sends them to a writer process
-    (:mod:`omni_core.store.sqlite_writer_process`), which runs the transactions; ``connect`` and
-    every write's function and arguments must then pickle (module-level functions).
+    The writer process (:class:`omni_core.store.sqlite_writer_process.ProcessWriter`, the default
+    for a database file) has the same interface and runs the same :func:`run_ops` in a child.
     """
 
-    def __init__(
-        self, connect: Callable[[], sqlite3.Connection], *, max_batch: int = MAX_BATCH, process: bool = False
-    ) -> None:
+    def __init__(self, connect: Callable[[], sqlite3.Connection], *, max_batch: int = MAX_BATCH) -> None:
         self._connect = connect
-        self._process = process
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -131,9 +127,6 @@ class GroupCommitWriter:
 
     # --- the thread -----------------------------------------------------------------------------
     def _run(self, ready: asyncio.Future[None]) -> None:
-        if self._process:
-            self._run_with_child(ready)
-            return
         try:
             db = self._connect()
         except BaseException as exc:
@@ -178,22 +171,6 @@ class GroupCommitWriter:
                 raise
             return
         self._post(_settle_all, futures, outcomes)
-
-    def _run_with_child(self, ready: asyncio.Future[None]) -> None:
-        from omni_core.store.sqlite_writer_process import ChildLink  # only when used
-
-        try:
-            link = ChildLink(self._connect, self._post)
-        except BaseException as exc:
-            self._resolve_stopped()
-            self._post(_fail, ready, exc)
-            return
-        self._post(_succeed, ready, None)
-        try:
-            link.pump(self._queue, _STOP, self._max_batch)
-        finally:
-            link.close()
-            self._resolve_stopped()
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop

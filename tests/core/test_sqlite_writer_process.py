@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from omni_core.store.sqlite_writer import GroupCommitWriter, WriterConnection
-from omni_core.store.sqlite_writer_process import WriterProcessError
+from omni_core.store.sqlite_writer import WriterConnection
+from omni_core.store.sqlite_writer_process import ProcessWriter, WriterProcessError
 from tests.writer_ops import committed_rows, wait_for_file, writer_pid
 
 # Writes and the connect function must be module-level: they travel to the child by reference.
@@ -47,15 +47,15 @@ def rows(path: Path) -> list[int]:
 
 
 @pytest.fixture
-async def writer(tmp_path: Path) -> AsyncIterator[tuple[GroupCommitWriter, Path, Path]]:
+async def writer(tmp_path: Path) -> AsyncIterator[tuple[ProcessWriter, Path, Path]]:
     db, log = tmp_path / "w.db", tmp_path / "statements.log"
-    w = GroupCommitWriter(functools.partial(connect, str(db), str(log)), process=True)
+    w = ProcessWriter(functools.partial(connect, str(db), str(log)))
     await w.open()
     yield w, db, log
     await w.close()
 
 
-async def test_writes_run_in_another_process_and_share_one_commit(writer: tuple[GroupCommitWriter, Path, Path]) -> None:
+async def test_writes_run_in_another_process_and_share_one_commit(writer: tuple[ProcessWriter, Path, Path]) -> None:
     w, db, log = writer
     assert await w.write(writer_pid) != os.getpid()
     gate = db.parent / "gate"
@@ -73,7 +73,7 @@ async def test_writes_run_in_another_process_and_share_one_commit(writer: tuple[
     assert rows(db) == list(range(50))
 
 
-async def test_a_failing_write_fails_alone_with_its_own_error(writer: tuple[GroupCommitWriter, Path, Path]) -> None:
+async def test_a_failing_write_fails_alone_with_its_own_error(writer: tuple[ProcessWriter, Path, Path]) -> None:
     w, db, _ = writer
     gate = db.parent / "gate"
     blocked = w.write(wait_for_file, str(gate))
@@ -89,7 +89,7 @@ async def test_a_failing_write_fails_alone_with_its_own_error(writer: tuple[Grou
 
 
 async def test_a_write_that_cannot_travel_fails_and_the_batch_still_commits(
-    writer: tuple[GroupCommitWriter, Path, Path],
+    writer: tuple[ProcessWriter, Path, Path],
 ) -> None:
     w, db, _ = writer
     gate = db.parent / "gate"
@@ -106,7 +106,7 @@ async def test_a_write_that_cannot_travel_fails_and_the_batch_still_commits(
 
 
 async def test_a_dead_child_fails_its_batch_and_the_next_write_gets_a_new_one(
-    writer: tuple[GroupCommitWriter, Path, Path],
+    writer: tuple[ProcessWriter, Path, Path],
 ) -> None:
     w, db, _ = writer
     first = await w.write(writer_pid)
@@ -124,7 +124,7 @@ async def test_a_dead_child_fails_its_batch_and_the_next_write_gets_a_new_one(
 
 async def test_close_lets_the_child_finish_and_exit(tmp_path: Path) -> None:
     db, log = tmp_path / "w.db", tmp_path / "statements.log"
-    w = GroupCommitWriter(functools.partial(connect, str(db), str(log)), process=True)
+    w = ProcessWriter(functools.partial(connect, str(db), str(log)))
     await w.open()
     pid = await w.write(writer_pid)
     futures = [w.write(insert, i) for i in range(20)]
@@ -138,12 +138,12 @@ async def test_close_lets_the_child_finish_and_exit(tmp_path: Path) -> None:
 
 
 async def test_a_connect_failure_raises_at_open(tmp_path: Path) -> None:
-    w = GroupCommitWriter(functools.partial(connect_fails, str(tmp_path / "nope.db")), process=True)
+    w = ProcessWriter(functools.partial(connect_fails, str(tmp_path / "nope.db")))
     with pytest.raises(sqlite3.OperationalError, match="unable to open"):
         await w.open()
 
 
-async def test_a_call_runs_alone_between_the_writes_around_it(writer: tuple[GroupCommitWriter, Path, Path]) -> None:
+async def test_a_call_runs_alone_between_the_writes_around_it(writer: tuple[ProcessWriter, Path, Path]) -> None:
     w, db, log = writer
     gate = db.parent / "gate"
     blocked = w.write(wait_for_file, str(gate))
@@ -159,3 +159,19 @@ async def test_a_call_runs_alone_between_the_writes_around_it(writer: tuple[Grou
     assert await alone == (False, 3)
     assert await asyncio.gather(*after) == [1, 1, 1]
     assert log.read_text().split().count("COMMIT") == 3  # the gate's, the three before, the three after
+
+
+def test_the_writer_process_works_on_uvloop(tmp_path: Path) -> None:
+    """The hub serves on uvloop, whose transports are not asyncio's classes."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> list[int]:
+        w = ProcessWriter(functools.partial(connect, str(tmp_path / "w.db"), str(tmp_path / "log")))
+        await w.open()
+        try:
+            return list(await asyncio.gather(*(w.write(insert, i) for i in range(10))))
+        finally:
+            await w.close()
+
+    assert uvloop.run(scenario()) == [1] * 10
+    assert rows(tmp_path / "w.db") == list(range(10))
