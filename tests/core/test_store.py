@@ -475,3 +475,17 @@ async def test_one_sqlite_batch_of_inserts_with_duplicates_answers_like_one_at_a
     assert await sqlite_store.get_message(batch[2].id) is None
     claimed = await sqlite_store.claim_jobs("w", 50, time.time(), 30)
     assert [j.message_id for j in claimed] == [old.id]  # one chat: the lane's head only
+
+
+async def test_sqlite_indexes_serve_the_job_trace_lookup_and_drop_the_unused_one(sqlite_store: SqliteStore) -> None:
+    # The statement traces_for_jobs runs (the deliveries listing): an index search, not a scan.
+    plan = await sqlite_store._read(
+        lambda db: db.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM traces WHERE job_id IN (?, ?) ORDER BY id", ("job_a", "job_b")
+        ).fetchall()
+    )
+    assert any(row[3].startswith("SEARCH traces USING") and "INDEX traces_job" in row[3] for row in plan), plan
+    indexes = await sqlite_store._read(
+        lambda db: {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    )
+    assert "jobs_queued" not in indexes and "jobs_queued_kind" in indexes
