@@ -1,13 +1,13 @@
-"""Embedded default store: SQLite through aiosqlite, WAL mode.
+"""Embedded default store: SQLite, WAL mode.
 
-Writes go through one writer thread that runs every write queued meanwhile in a single
-transaction (group commit, :mod:`omni_core.store.sqlite_writer`): under load many webhooks
-share one commit, so acknowledging each only after its commit stays cheap. Each write is one
-plain function run inside that transaction (one thread hop per batch, not one per statement);
-reads run the same way on a second connection (aiosqlite's thread), which WAL lets run beside
-the writer. One hub process
-owns a database file (an exclusive lock file enforces it), which is what lets it release
-every stale lease at start-up.
+Writes go through one writer that runs every write queued meanwhile in a single transaction
+(group commit): under load many webhooks share one commit, so acknowledging each only after its
+commit stays cheap. The writer is a process of its own by default
+(:mod:`omni_core.store.sqlite_writer_process`) or a thread (:mod:`omni_core.store.sqlite_writer`).
+Each write is a module-level ``_write_*`` function and its arguments, so it can travel to the
+writer process by pickle; reads run as one plain function each on a second connection
+(aiosqlite's thread), which WAL lets run beside the writer. One hub process owns a database file
+(an exclusive lock file enforces it), which is what lets it release every stale lease at start-up.
 """
 
 from __future__ import annotations

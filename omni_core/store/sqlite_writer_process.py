@@ -3,15 +3,16 @@
 Under webhook load the writer thread and the event loop took turns on one GIL: each statement
 hands the GIL back while SQLite works and then waits to take it again from the busy event loop
 (py-spy: the loop held the GIL ~44% of the time, the writer thread ~50% of a core for ~31
-webhooks per 8.6 ms batch). In a process of its own the writer runs on its own core. The hub's
-writer thread pickles queued writes (module-level functions by reference, arguments by value)
-and sends them down a pipe without waiting; the child runs everything waiting in the pipe as one
-transaction and answers; a receiver thread in the hub resolves the futures.
+webhooks per 8.6 ms batch). In a process of its own the writer runs on its own core. On the
+hub's side (:class:`ProcessWriter`, on the event loop) the writes queued in one pass of the loop
+are pickled (module-level functions by reference, arguments by value) and sent as one frame
+without waiting; the child runs every frame waiting in its socket as one transaction and
+answers; the answer resolves the futures as it arrives.
 
 The child is forked from multiprocessing's fork server (started once per hub process with this
 store's modules preloaded), so a store opens in milliseconds and no thread of the hub is ever
-forked. It lives while the pipe is open: when the hub closes the store it finishes what was sent,
-answers and exits; when the hub dies it sees end of file and exits. If the child dies, the
+forked. It lives while its socket is open: when the hub closes the store it finishes what was
+sent, answers and exits; when the hub dies it sees end of file and exits. If the child dies, the
 writes in flight fail (they may or may not have committed; webhook senders retry, and
 deduplication absorbs the retry) and a new child takes the next ones.
 """
