@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import sys
@@ -92,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             results: dict[str, Any] = {}
             for scenario in selected:
                 log(f"scenario {scenario}")
+                # The previous scenario's databases may still have dirty pages for the kernel to
+                # write back (the backlog's: hundreds of MB); flush them now, not during this one.
+                os.sync()
                 t0 = time.monotonic()
                 others = procs.OthersMeter(fakes.proc.pid if fakes.proc else None)
                 try:
