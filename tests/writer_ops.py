@@ -36,3 +36,9 @@ class FileGate:
 def committed_rows(db: sqlite3.Connection) -> tuple[bool, int]:
     """Whether the write runs inside a transaction, and how many rows of ``t`` it sees."""
     return db.in_transaction, int(db.execute("SELECT COUNT(*) FROM t").fetchone()[0])
+
+
+def sleep_for(db: sqlite3.Connection, seconds: float) -> bool:
+    """A write that hangs the writer for ``seconds``."""
+    time.sleep(seconds)
+    return True

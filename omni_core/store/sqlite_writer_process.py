@@ -61,6 +61,8 @@ class WriterProcessError(RuntimeError):
 _BYE = b"bye"
 #: A transaction in the child takes at most this many writes.
 MAX_TRANSACTION = 512
+#: How long closing the store waits for the child to finish what it was sent.
+GOODBYE_TIMEOUT_S = 30.0
 
 
 def spawn(connect: Callable[[], sqlite3.Connection]) -> tuple[Connection, Any]:
@@ -103,9 +105,16 @@ class ProcessWriter:
     webhook at 64 concurrent ones).
     """
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], *, max_frame: int = MAX_TRANSACTION) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        *,
+        max_frame: int = MAX_TRANSACTION,
+        goodbye_timeout_s: float = GOODBYE_TIMEOUT_S,
+    ) -> None:
         self._connect = connect
         self._max_frame = max_frame
+        self._goodbye_timeout_s = goodbye_timeout_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._protocol: _AnswerProtocol | None = None
         self._proc: Any = None
@@ -238,10 +247,9 @@ class ProcessWriter:
                 await self._restarting
         self._flush()
         protocol = self._protocol
-        if protocol is not None:
-            await protocol.goodbye()
+        answered = protocol is not None and await protocol.goodbye(self._goodbye_timeout_s)
         proc, self._proc, self._protocol = self._proc, None, None
-        await asyncio.to_thread(_reap, proc)
+        await asyncio.to_thread(_reap, proc, 5.0 if answered else 0.0)
         # Anything still unanswered (the child died while closing) fails instead of hanging.
         error = WriterProcessError("the SQLite writer process exited while the store closed")
         while self._inflight:
@@ -302,15 +310,19 @@ class _AnswerProtocol(asyncio.Protocol):
             self._writer._answered(pickle.loads(message))
         del buffer[:offset]
 
-    async def goodbye(self) -> None:
-        """Ask the child to finish what it was sent and exit; wait for its answer to that."""
+    async def goodbye(self, timeout_s: float) -> bool:
+        """Ask the child to finish what it was sent and exit; wait up to ``timeout_s`` for its
+        answer to that. False when it did not answer (hung or gone): the caller kills it."""
         assert self._transport is not None
         self._bye = asyncio.get_running_loop().create_future()
         self.send(_BYE)
+        answered = False
         with contextlib.suppress(Exception):
-            await self._bye
+            await asyncio.wait_for(self._bye, timeout_s)
+            answered = True
         self._closed = True
         self._transport.close()
+        return answered
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._bye is not None and not self._bye.done():
@@ -320,11 +332,11 @@ class _AnswerProtocol(asyncio.Protocol):
             self._writer._lost()
 
 
-def _reap(proc: Any) -> int | None:
-    """Wait for a writer process to exit (killing it after 5 s); its exit code."""
+def _reap(proc: Any, grace_s: float = 5.0) -> int | None:
+    """Wait for a writer process to exit (killing it after ``grace_s``); its exit code."""
     if proc is None:
         return None
-    proc.join(5)
+    proc.join(grace_s)
     if proc.is_alive():
         proc.kill()
         proc.join(5)

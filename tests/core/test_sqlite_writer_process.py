@@ -7,6 +7,7 @@ import functools
 import os
 import signal
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 
 from omni_core.store.sqlite_writer import WriterConnection
 from omni_core.store.sqlite_writer_process import ProcessWriter, WriterProcessError
-from tests.writer_ops import committed_rows, wait_for_file, writer_pid
+from tests.writer_ops import committed_rows, sleep_for, wait_for_file, writer_pid
 
 # Writes and the connect function must be module-level: they travel to the child by reference.
 
@@ -175,3 +176,18 @@ def test_the_writer_process_works_on_uvloop(tmp_path: Path) -> None:
 
     assert uvloop.run(scenario()) == [1] * 10
     assert rows(tmp_path / "w.db") == list(range(10))
+
+
+async def test_closing_gives_a_hung_writer_a_bounded_time(tmp_path: Path) -> None:
+    w = ProcessWriter(functools.partial(connect, str(tmp_path / "w.db"), str(tmp_path / "log")), goodbye_timeout_s=0.5)
+    await w.open()
+    pid = await w.write(writer_pid)
+    hung = w.write(sleep_for, 60.0)
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    await w.close()
+    assert time.monotonic() - started < 3  # 0.5 s for the goodbye, then killed
+    with pytest.raises(WriterProcessError):
+        await hung
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
