@@ -457,21 +457,9 @@ def ingest(ctx: Context) -> Section:
     )
 
     # The same load with workers on and Hive enabled: ingest competing with forwarding for the core.
-    hub2 = ctx.hub("ingest-workers", workers=None, hive=True)
-    busy: list[dict[str, Any]] = []
     ctx.fakes.configure()
-    try:
-        with running(hub2):
-            targets2 = setup_targets(hub2, "ingw", plan.tenants)
-            for rep in range(plan.reps):
-                meter = CpuMeter(hub2)
-                result = load_ingest(ctx, hub2, targets2, plan.chats, 64, plan.ingest_s)
-                depth = hub2.queue_depth()
-                busy.append({**result.as_dict(), "hub_cpu_pct": meter.percent(), "queue_depth_after": depth})
-                notes += load_notes("ingest c=64 workers on", result)
-                log(f"  ingest c=64 workers+Hive rep {rep + 1}: {result.ok_per_s:,.0f} ack/s, queue after {depth}")
-    except Exception as exc:  # keep the ingest-only figures already measured
-        notes.append(f"ingest with workers on failed: {type(exc).__name__}: {str(exc)[:300]}")
+    hub2 = ctx.hub("ingest-workers", workers=None, hive=True)
+    busy = _ingest_c64_runs(ctx, hub2, "ingw", "workers+Hive", notes)
     tally.add(hub2)
 
     # SQLite only: the same c=64 load with the writer on a thread of the hub process
@@ -479,17 +467,7 @@ def ingest(ctx: Context) -> Section:
     threaded: list[dict[str, Any]] = []
     if ctx.backend.name == "sqlite":
         hub3 = ctx.hub("ingest-thread-writer", workers=0, hive=False, extra_env={"OMNI_SQLITE_WRITER": "thread"})
-        try:
-            with running(hub3):
-                targets3 = setup_targets(hub3, "ingt", plan.tenants)
-                for rep in range(plan.reps):
-                    meter = CpuMeter(hub3)
-                    result = load_ingest(ctx, hub3, targets3, plan.chats, 64, plan.ingest_s)
-                    threaded.append({**result.as_dict(), "hub_cpu_pct": meter.percent()})
-                    notes += load_notes("ingest c=64 thread writer", result)
-                    log(f"  ingest c=64 thread writer rep {rep + 1}: {result.ok_per_s:,.0f} ack/s")
-        except Exception as exc:
-            notes.append(f"ingest with the thread writer failed: {type(exc).__name__}: {str(exc)[:300]}")
+        threaded = _ingest_c64_runs(ctx, hub3, "ingt", "thread writer", notes)
         tally.add(hub3)
     notes += tally.notes()
 
@@ -545,6 +523,25 @@ def ingest(ctx: Context) -> Section:
             "stored": stored,
         },
     )
+
+
+def _ingest_c64_runs(ctx: Context, hub: procs.Hub, prefix: str, label: str, notes: list[str]) -> list[dict[str, Any]]:
+    """The c=64 ingest load, ``plan.reps`` times, on a hub of its own; a failure becomes a note
+    (the figures already measured are kept)."""
+    runs: list[dict[str, Any]] = []
+    try:
+        with running(hub):
+            targets = setup_targets(hub, prefix, ctx.plan.tenants)
+            for rep in range(ctx.plan.reps):
+                meter = CpuMeter(hub)
+                result = load_ingest(ctx, hub, targets, ctx.plan.chats, 64, ctx.plan.ingest_s)
+                depth = hub.queue_depth()
+                runs.append({**result.as_dict(), "hub_cpu_pct": meter.percent(), "queue_depth_after": depth})
+                notes += load_notes(f"ingest c=64 {label}", result)
+                log(f"  ingest c=64 {label} rep {rep + 1}: {result.ok_per_s:,.0f} ack/s, queue after {depth}")
+    except Exception as exc:
+        notes.append(f"ingest c=64 {label} failed: {type(exc).__name__}: {str(exc)[:300]}")
+    return runs
 
 
 def _ingest_row(c: str, workers: str, level: list[dict[str, Any]], ack: float, ceiling_rps: float) -> list[str]:

@@ -58,6 +58,7 @@ from omni_core.store.rows import (
     leased_job,
     message_from_row,
     message_row,
+    replay_of,
     tenant_from_row,
     trace_conditions,
     trace_from_row,
@@ -837,14 +838,7 @@ class PostgresStore(Store):
             if row is None:
                 return None
             old = job_from_row(row)
-            replay = NewJob(
-                id=new_id,
-                kind=old.kind,
-                lane=f"{old.kind}\x1f{new_id}",
-                max_attempts=old.max_attempts,
-                run_at=now_epoch,
-                payload=old.payload,
-            )
+            replay = replay_of(old, new_id, now_epoch)
             await conn.execute(INSERT_JOB_PG, *_job_args(replay, old.tenant, old.message_id, now))
             fresh = await conn.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", new_id)
         return job_from_row(fresh) if fresh else None

@@ -50,6 +50,18 @@ def job_from_row(row: Sequence[Any]) -> Job:
     )
 
 
+def replay_of(old: Job, new_id: str, now_epoch: float) -> NewJob:
+    """A dead job's replay: same kind, attempts budget and payload, a lane of its own, due now."""
+    return NewJob(
+        id=new_id,
+        kind=old.kind,
+        lane=f"{old.kind}\x1f{new_id}",
+        max_attempts=old.max_attempts,
+        run_at=now_epoch,
+        payload=old.payload,
+    )
+
+
 def leased_job(
     new: NewJob, seq: int, tenant: str, message_id: str, now: str, lease: Lease, message: Message | None = None
 ) -> Job:

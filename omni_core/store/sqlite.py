@@ -61,6 +61,7 @@ from omni_core.store.rows import (
     leased_job,
     message_from_row,
     message_row,
+    replay_of,
     tenant_from_row,
     trace_conditions,
     trace_from_row,
@@ -1059,14 +1060,7 @@ def _write_replay_job(db: sqlite3.Connection, job_id: str, new_id: str, now_epoc
     if row is None:
         return None
     old = job_from_row(row)
-    replay = NewJob(
-        id=new_id,
-        kind=old.kind,
-        lane=f"{old.kind}\x1f{new_id}",
-        max_attempts=old.max_attempts,
-        run_at=now_epoch,
-        payload=old.payload,
-    )
+    replay = replay_of(old, new_id, now_epoch)
     _insert_job(db, replay, old.tenant, old.message_id, now)
     fresh = db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (new_id,)).fetchone()
     return job_from_row(fresh)

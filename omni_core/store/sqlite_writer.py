@@ -166,11 +166,11 @@ class GroupCommitWriter:
         try:
             outcomes = run_ops(db, [(i.fn, i.args) for i in batch], in_transaction)
         except BaseException as exc:
-            self._post(_fail_all, futures, exc)
+            self._post(fail_all, futures, exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        self._post(_settle_all, futures, outcomes)
+        self._post(settle_all, futures, outcomes)
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
@@ -269,7 +269,8 @@ def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
-def _settle_all(futures: list[asyncio.Future[Any]], outcomes: list[Outcome]) -> None:
+def settle_all(futures: list[asyncio.Future[Any]], outcomes: list[Outcome]) -> None:
+    """Resolve each future with its outcome (a future already done, say cancelled, is skipped)."""
     for future, (ok, value) in zip(futures, outcomes, strict=True):
         if future.done():
             continue
@@ -279,7 +280,8 @@ def _settle_all(futures: list[asyncio.Future[Any]], outcomes: list[Outcome]) -> 
             future.set_exception(value)
 
 
-def _fail_all(futures: list[asyncio.Future[Any]], exc: BaseException) -> None:
+def fail_all(futures: list[asyncio.Future[Any]], exc: BaseException) -> None:
+    """Fail every future not yet done with ``exc``."""
     for future in futures:
         if not future.done():
             future.set_exception(exc)

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
-from omni_core.store.sqlite_writer import Outcome, WriteOp, run_ops
+from omni_core.store.sqlite_writer import Outcome, WriteOp, fail_all, run_ops, settle_all
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 #: Modules the fork server imports once, so each child starts with them loaded.
@@ -196,7 +196,7 @@ class ProcessWriter:
                 try:
                     pickle.dumps((item[0], item[1]), _PROTOCOL)
                 except Exception as exc:
-                    _fail_futures([item[2]], TypeError(f"write {_name(item[0])} cannot be sent to the writer: {exc}"))
+                    fail_all([item[2]], TypeError(f"write {_name(item[0])} cannot be sent to the writer: {exc}"))
                 else:
                     kept.append(item)
             self._send(protocol, in_transaction, kept)
@@ -222,14 +222,14 @@ class ProcessWriter:
             " they may or may not have committed"
         )
         while self._inflight:
-            _fail_futures(self._inflight.popleft(), error)
+            fail_all(self._inflight.popleft(), error)
         while not self._closed:
             try:
                 await self._start()
             except Exception as exc:
                 # Writes queued meanwhile fail rather than wait for an unknown time.
                 pending, self._pending = self._pending, []
-                _fail_futures([f for _, _, f, _ in pending], WriterProcessError(f"no SQLite writer process: {exc}"))
+                fail_all([f for _, _, f, _ in pending], WriterProcessError(f"no SQLite writer process: {exc}"))
                 await asyncio.sleep(1.0)
                 continue
             if self._pending and not self._flush_scheduled and self._loop is not None:
@@ -253,9 +253,9 @@ class ProcessWriter:
         # Anything still unanswered (the child died while closing) fails instead of hanging.
         error = WriterProcessError("the SQLite writer process exited while the store closed")
         while self._inflight:
-            _fail_futures(self._inflight.popleft(), error)
+            fail_all(self._inflight.popleft(), error)
         pending, self._pending = self._pending, []
-        _fail_futures([f for _, _, f, _ in pending], error)
+        fail_all([f for _, _, f, _ in pending], error)
 
     @property
     def pid(self) -> int | None:
@@ -347,22 +347,10 @@ def _reap(proc: Any, grace_s: float = 5.0) -> int | None:
 
 def _settle_frames(settled: list[tuple[list[asyncio.Future[Any]], bool, Any]]) -> None:
     for futures, ok, value in settled:
-        if not ok:
-            _fail_futures(futures, value)
-            continue
-        for future, (done, result) in zip(futures, value, strict=True):
-            if future.done():
-                continue
-            if done:
-                future.set_result(result)
-            else:
-                future.set_exception(result)
-
-
-def _fail_futures(futures: list[asyncio.Future[Any]], exc: BaseException) -> None:
-    for future in futures:
-        if not future.done():
-            future.set_exception(exc)
+        if ok:
+            settle_all(futures, value)
+        else:
+            fail_all(futures, value)
 
 
 def _name(fn: Any) -> str:
