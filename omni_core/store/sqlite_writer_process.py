@@ -123,7 +123,7 @@ class ProcessWriter:
         self._flush_scheduled = False
         #: The futures of each frame sent and not yet answered, in order.
         self._inflight: collections.deque[list[asyncio.Future[Any]]] = collections.deque()
-        self._restarting: asyncio.Task[None] | None = None
+        self._recovering: asyncio.Task[None] | None = None
         self._closed = True
 
     async def open(self) -> None:
@@ -213,7 +213,7 @@ class ProcessWriter:
         self._protocol = None
         proc, self._proc = self._proc, None
         if self._loop is not None:
-            self._restarting = self._loop.create_task(self._recover(proc))
+            self._recovering = self._loop.create_task(self._recover(proc))
 
     async def _recover(self, proc: Any) -> None:
         code = await asyncio.to_thread(_reap, proc)
@@ -242,9 +242,9 @@ class ProcessWriter:
         if self._closed:
             return
         self._closed = True
-        if self._restarting is not None:
+        if self._recovering is not None:
             with contextlib.suppress(BaseException):
-                await self._restarting
+                await self._recovering
         self._flush()
         protocol = self._protocol
         answered = protocol is not None and await protocol.goodbye(self._goodbye_timeout_s)
@@ -256,10 +256,6 @@ class ProcessWriter:
             fail_all(self._inflight.popleft(), error)
         pending, self._pending = self._pending, []
         fail_all([f for _, _, f, _ in pending], error)
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else int(self._proc.pid)
 
 
 #: multiprocessing.connection's framing: a signed 32-bit big-endian length (-1: a 64-bit one follows).
