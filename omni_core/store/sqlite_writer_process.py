@@ -34,7 +34,6 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
-from omni_core.store.sqlite_checkpointer import Checkpointer, wal_database
 from omni_core.store.sqlite_writer import Outcome, WriteOp, fail_all, run_ops, settle_all
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -363,7 +362,6 @@ def serve(conn: Connection, connect: Callable[[], sqlite3.Connection]) -> None:
     Each round takes every frame waiting in the pipe (at least one), runs consecutive
     transactional frames as one transaction (up to :data:`MAX_TRANSACTION` writes) and
     ``call`` frames alone, and sends one answer: per frame ``(True, outcomes)`` or ``(False, error)``.
-    The WAL is copied into the database by a thread beside it (:mod:`omni_core.store.sqlite_checkpointer`).
     """
     # Ctrl-C reaches the whole process group; the hub decides when the writer stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -372,14 +370,6 @@ def serve(conn: Connection, connect: Callable[[], sqlite3.Connection]) -> None:
     except Exception as exc:
         conn.send_bytes(_dump((False, _portable(exc))))
         return
-    try:
-        checkpointer = _start_checkpointer(db)
-    except Exception as exc:
-        with contextlib.suppress(Exception):
-            db.close()
-        conn.send_bytes(_dump((False, _portable(exc))))
-        return
-    gate = checkpointer.gate if checkpointer is not None else contextlib.nullcontext()
     conn.send_bytes(_dump((True, None)))
     try:
         while True:
@@ -395,29 +385,13 @@ def serve(conn: Connection, connect: Callable[[], sqlite3.Connection]) -> None:
             if bye:
                 frames.pop()
             if frames:
-                with gate:
-                    results = _run_frames(db, frames)
-                if checkpointer is not None:
-                    checkpointer.committed()
-                conn.send_bytes(_dump_results(results))
+                conn.send_bytes(_dump_results(_run_frames(db, frames)))
             if bye:
                 conn.send_bytes(_BYE)
                 return
     finally:
-        if checkpointer is not None:
-            with contextlib.suppress(Exception):
-                checkpointer.close()
         with contextlib.suppress(Exception):
             db.close()
-
-
-def _start_checkpointer(db: sqlite3.Connection) -> Checkpointer | None:
-    """Replace the writer connection's automatic checkpoint with the checkpointer thread (WAL files only)."""
-    database = wal_database(db)
-    if database is None:
-        return None
-    db.execute("PRAGMA wal_autocheckpoint=0")
-    return Checkpointer(database)
 
 
 def _run_frames(db: sqlite3.Connection, frames: list[bytes]) -> list[tuple[bool, Any]]:
