@@ -89,6 +89,35 @@ INSERT_JOB_PG = (
 )
 
 
+#: A new message, its queued jobs and its ingest trace rows in one statement (one round trip,
+#: atomic without an explicit transaction). $1-$12: the message row; $13-$18: the jobs as
+#: arrays (id, kind, lane, max_attempts, run_at, payload); $19-$28: the trace rows as arrays
+#: (tenant, job_id, stage, plugin, attempt, at, duration_ms, outcome, status_code, error). A
+#: duplicate inserts no job, and its trace rows go to the stored message; a duplicate committed
+#: by another transaction while this statement ran is invisible to it: then nothing but the
+#: (failed) message insert happens and `id` comes back NULL.
+INGEST_PG = (
+    "WITH m AS (" + INSERT_MESSAGE_PG + " ON CONFLICT DO NOTHING RETURNING id),"
+    " j AS (INSERT INTO jobs (id, tenant_id, kind, lane, message_id, status, attempts, max_attempts, run_at,"
+    " payload, created_at, updated_at)"
+    " SELECT r.id, $2, r.kind, r.lane, m.id, 'queued', 0, r.max_attempts, r.run_at, r.payload, $10, $10"
+    " FROM m, unnest($13::text[], $14::text[], $15::text[], $16::int[], $17::float8[], $18::text[])"
+    " AS r(id, kind, lane, max_attempts, run_at, payload)),"
+    " found AS (SELECT COALESCE((SELECT id FROM m), (SELECT id FROM messages"
+    " WHERE tenant_id = $2 AND instance = $3 AND external_id = $6)) AS id, EXISTS (SELECT 1 FROM m) AS accepted),"
+    " t AS (INSERT INTO traces (tenant_id, message_id, job_id, stage, plugin, attempt, at, duration_ms, outcome,"
+    " status_code, error)"
+    " SELECT r.tenant, found.id, r.job_id, r.stage, r.plugin, r.attempt, r.at, r.duration_ms,"
+    " CASE WHEN r.stage = 'deduplicated' THEN CASE WHEN found.accepted THEN 'new' ELSE 'duplicate' END"
+    " ELSE r.outcome END, r.status_code, r.error"
+    " FROM found, unnest($19::text[], $20::text[], $21::text[], $22::text[], $23::int[], $24::text[],"
+    " $25::float8[], $26::text[], $27::int[], $28::text[])"
+    " AS r(tenant, job_id, stage, plugin, attempt, at, duration_ms, outcome, status_code, error)"
+    " WHERE found.id IS NOT NULL)"
+    " SELECT id, accepted FROM found"
+)
+
+
 INSERT_LEASED_JOB_PG = (
     "INSERT INTO jobs (id, tenant_id, kind, lane, message_id, status, attempts, max_attempts, run_at, payload,"
     " created_at, updated_at, lease_owner, lease_until)"
@@ -111,6 +140,35 @@ async def _insert_leased_if_head(conn: Any, job: NewJob, message: Message, now: 
     await conn.execute("UPDATE messages SET status = 'processing' WHERE id = $1", message.id)
     message.status = "processing"
     return leased_job(job, int(seq), message.tenant, message.id, now, lease, message)
+
+
+def _job_arrays(job: NewJob | None, extra: Sequence[NewJob]) -> list[list[Any]]:
+    """The queued jobs of a new message as INGEST_PG's column arrays."""
+    jobs = ([job] if job is not None else []) + list(extra)
+    return [
+        [j.id for j in jobs],
+        [j.kind for j in jobs],
+        [j.lane for j in jobs],
+        [j.max_attempts for j in jobs],
+        [j.run_at for j in jobs],
+        [json_encode(j.payload).decode() for j in jobs],
+    ]
+
+
+def _trace_arrays(traces: Sequence[TraceRecord]) -> list[list[Any]]:
+    """Ingest trace rows as INGEST_PG's column arrays (the message id is set by the statement)."""
+    return [
+        [t.tenant for t in traces],
+        [t.job_id for t in traces],
+        [t.stage for t in traces],
+        [t.plugin for t in traces],
+        [t.attempt for t in traces],
+        [t.at for t in traces],
+        [t.duration_ms for t in traces],
+        [t.outcome for t in traces],
+        [t.status_code for t in traces],
+        [t.error for t in traces],
+    ]
 
 
 def _job_args(job: NewJob, tenant: str, message_id: str | None, now: str) -> tuple[Any, ...]:
@@ -415,6 +473,13 @@ class PostgresStore(Store):
         lease: Lease | None = None,
     ) -> InsertOutcome:
         row = message_row(message, now)
+        if lease is None:
+            found = await self._require_pool().fetchrow(
+                INGEST_PG, *row, *_job_arrays(job, extra_jobs), *_trace_arrays(traces)
+            )
+            if found is not None and found[0] is not None:
+                return InsertOutcome(accepted=bool(found[1]), id=found[0])
+            # A duplicate that committed while the statement ran: the general path finds it.
         async with self._require_pool().acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(INSERT_MESSAGE_PG + " ON CONFLICT DO NOTHING RETURNING id", *row)
             if inserted is None:

@@ -15,7 +15,8 @@ from omni_core.ids import new_id
 from omni_core.model import Chat, Content, Message, Sender, iso, utcnow
 from omni_core.pipeline import lane_for
 from omni_core.store.base import HistoryQuery, Lease, NewJob, Store, TraceRecord
-from omni_core.store.postgres import PostgresStore
+from omni_core.store.postgres import INSERT_MESSAGE_PG, PostgresStore
+from omni_core.store.rows import message_row
 from omni_core.store.sqlite import SqliteStore, StoreLockedError
 from tests.pg import acreate_database, adrop_database
 from tests.writer_ops import FileGate, wait_for_file
@@ -452,6 +453,53 @@ async def test_webhooks_stored_together_keep_dedup_order_and_traces(store: Store
     if store.serialized_writes:
         chat_a = [m.id for m in accepted if m.chat.id == "a"]
         assert [s for s in seen if s in chat_a] == chat_a
+
+
+async def test_one_webhook_delivered_many_times_at_once_is_stored_once(store: Store) -> None:
+    """The same message arriving on many connections at once (a sender's retries racing): one is
+    accepted with one job; every other answer is a duplicate naming it, its trace rows on it. On
+    PostgreSQL some inserts run while another commits the message (their statement cannot see it
+    yet) and take the fallback path."""
+    copies = [msg(external_id="RACE") for _ in range(24)]
+    outs = await asyncio.gather(
+        *(
+            store.insert_message(
+                m,
+                job_for(m),
+                NOW,
+                traces=[
+                    TraceRecord(tenant="t1", stage=s, outcome="pending", at=NOW) for s in ("received", "deduplicated")
+                ],
+            )
+            for m in copies
+        )
+    )
+    assert sum(out.accepted for out in outs) == 1
+    [winner] = [m for m, out in zip(copies, outs, strict=True) if out.accepted]
+    assert {out.id for out in outs} == {winner.id}
+    dedup = [t.outcome for t in await store.traces_for_message(winner.id) if t.stage == "deduplicated"]
+    assert sorted(dedup) == ["duplicate"] * 23 + ["new"]
+    assert [j.message_id for j in await store.claim_jobs("w", 50, time.time(), 30)] == [winner.id]
+
+
+async def test_postgres_a_duplicate_committed_while_the_insert_waits_is_found(store: Store) -> None:
+    """PostgreSQL's one-statement ingest cannot see a copy another transaction commits while the
+    statement waits on the unique index; it then takes the general path and answers duplicate."""
+    if not isinstance(store, PostgresStore):
+        pytest.skip("PostgreSQL's insert statement")
+    first, second = msg(external_id="HELD"), msg(external_id="HELD")
+    pool = store._require_pool()
+    async with pool.acquire() as conn:
+        holding = conn.transaction()
+        await holding.start()
+        await conn.execute(INSERT_MESSAGE_PG, *message_row(first, NOW))
+        waiting = asyncio.create_task(store.insert_message(second, job_for(second), NOW))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # blocked on the held row
+        await holding.commit()
+    out = await asyncio.wait_for(waiting, 10)
+    assert not out.accepted and out.id == first.id
+    assert await store.claim_jobs("w", 10, time.time(), 30) == []
 
 
 async def test_one_sqlite_batch_of_inserts_with_duplicates_answers_like_one_at_a_time(
