@@ -58,3 +58,21 @@ def test_the_status_event_callback_pickles() -> None:
     m = msg()
     m.status = "delivered"
     assert [j.kind for j in copied(m)] == [j.kind for j in callback(m)] == ["webhook"]
+
+
+def test_the_bench_writer_pages_tool_runs_the_current_ingest_write() -> None:
+    """bench.writer_pages drives the store's own ingest write; it must keep up with its signature."""
+    import argparse
+
+    from bench import writer_pages
+
+    args = argparse.Namespace(
+        sync="NORMAL", round=5, warm=0, webhooks=50, sample=4, tenants=2, chats=10, seed=3, json=True
+    )
+    result = writer_pages.run(args)
+    assert result["webhooks_measured"] == 50
+    assert result["transactions_us_per_webhook"] > 0
+    pages = result["wal_pages_per_transaction"]
+    # Every webhook writes a message row, its dedup key, its job and its trace rows.
+    assert {"messages", "messages_dedup", "jobs", "traces"} <= set(pages)
+    assert result["wal_pages_per_webhook"] > 1
