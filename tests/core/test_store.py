@@ -482,11 +482,11 @@ async def test_one_webhook_delivered_many_times_at_once_is_stored_once(store: St
     assert [j.message_id for j in await store.claim_jobs("w", 50, time.time(), 30)] == [winner.id]
 
 
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
 async def test_postgres_a_duplicate_committed_while_the_insert_waits_is_found(store: Store) -> None:
     """PostgreSQL's one-statement ingest cannot see a copy another transaction commits while the
     statement waits on the unique index; it then takes the general path and answers duplicate."""
-    if not isinstance(store, PostgresStore):
-        pytest.skip("PostgreSQL's insert statement")
+    assert isinstance(store, PostgresStore)
     first, second = msg(external_id="HELD"), msg(external_id="HELD")
     pool = store._require_pool()
     async with pool.acquire() as conn:
