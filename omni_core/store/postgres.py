@@ -145,30 +145,19 @@ async def _insert_leased_if_head(conn: Any, job: NewJob, message: Message, now: 
 def _job_arrays(job: NewJob | None, extra: Sequence[NewJob]) -> list[list[Any]]:
     """The queued jobs of a new message as INGEST_PG's column arrays."""
     jobs = ([job] if job is not None else []) + list(extra)
-    return [
-        [j.id for j in jobs],
-        [j.kind for j in jobs],
-        [j.lane for j in jobs],
-        [j.max_attempts for j in jobs],
-        [j.run_at for j in jobs],
-        [json_encode(j.payload).decode() for j in jobs],
-    ]
+    columns = _columns(jobs, ("id", "kind", "lane", "max_attempts", "run_at"))
+    return [*columns, [json_encode(j.payload).decode() for j in jobs]]
 
 
 def _trace_arrays(traces: Sequence[TraceRecord]) -> list[list[Any]]:
     """Ingest trace rows as INGEST_PG's column arrays (the message id is set by the statement)."""
-    return [
-        [t.tenant for t in traces],
-        [t.job_id for t in traces],
-        [t.stage for t in traces],
-        [t.plugin for t in traces],
-        [t.attempt for t in traces],
-        [t.at for t in traces],
-        [t.duration_ms for t in traces],
-        [t.outcome for t in traces],
-        [t.status_code for t in traces],
-        [t.error for t in traces],
-    ]
+    fields = ("tenant", "job_id", "stage", "plugin", "attempt", "at", "duration_ms", "outcome", "status_code", "error")
+    return _columns(traces, fields)
+
+
+def _columns(items: Sequence[Any], fields: Sequence[str]) -> list[list[Any]]:
+    """One list per field, each item's value in item order (rows to unnest()'s column arrays)."""
+    return [[getattr(item, field) for item in items] for field in fields]
 
 
 def _job_args(job: NewJob, tenant: str, message_id: str | None, now: str) -> tuple[Any, ...]:
