@@ -22,6 +22,7 @@ import argparse
 import collections
 import json
 import random
+import shutil
 import sqlite3
 import statistics
 import struct
@@ -98,12 +99,22 @@ def uncopied_pages(shm: Path) -> int:
 
 def page_owners(path: Path) -> dict[int, str]:
     """Page number -> the table or index it belongs to (SQLite's ``dbstat``)."""
-    with sqlite3.connect(path) as db:
+    db = sqlite3.connect(path)
+    try:
         return {int(row[1]): str(row[0]) for row in db.execute("SELECT name, pageno FROM dbstat")}
+    finally:
+        db.close()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="omni-writer-pages-"))
+    try:
+        return _measure(args, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     path = folder / "hub.db"
     db = store_sqlite.connect_writer(str(path), args.sync)
     store_sqlite._apply_migrations(db)
@@ -153,9 +164,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     db.close()
     commits = sum(1 for _, is_commit in frames if is_commit) or 1
     by_owner = collections.Counter(owners.get(number, "(new or free)") for number, _ in frames)
-    for leftover in folder.iterdir():
-        leftover.unlink()
-    folder.rmdir()
     return {
         "sync": args.sync,
         "round": args.round,
