@@ -20,6 +20,10 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from omni_core.store import sqlite_binding
+
+sqlite_binding.install()
+
 #: A unit of work run on the writer's connection inside the writer's transaction, called as
 #: ``fn(db, *args)``.
 WriteOp = Callable[..., Any]
