@@ -178,6 +178,9 @@ def create_app(
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=None,
+        # Logging is the hub's (omni_core.logs): Litestar's default configuration would put a
+        # plain-text, unscrubbed handler for every library's INFO records on the root logger.
+        logging_config=None,
         debug=False,
     )
     app.state.hub = hub
