@@ -65,6 +65,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     trace_include_sensitive: bool = False
     trace_retention_days: float = 30.0
     purge_interval_seconds: float = 3600.0
+    #: How long a send's Idempotency-Key is remembered (and replayed to retries).
+    idempotency_ttl_seconds: int = 86400
     #: Label metrics by tenant (switch off for very many tenants: bounded cardinality).
     metrics_tenant_label: bool = True
     #: /health/ready fails when the oldest unfinished job is older than this.
@@ -229,6 +231,8 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         kw["trace_retention_days"] = _float("TRACE_RETENTION_DAYS", v, low=0.00001, high=36500)
     if (v := get("OMNI_PURGE_INTERVAL_SECONDS")) is not None:
         kw["purge_interval_seconds"] = _float("OMNI_PURGE_INTERVAL_SECONDS", v, low=0.1, high=86400)
+    if (v := get("OMNI_IDEMPOTENCY_TTL_SECONDS")) is not None:
+        kw["idempotency_ttl_seconds"] = _int("OMNI_IDEMPOTENCY_TTL_SECONDS", v, low=1, high=365 * 86400)
     if (v := get("OMNI_METRICS_TENANT_LABEL")) is not None:
         kw["metrics_tenant_label"] = _bool("OMNI_METRICS_TENANT_LABEL", v)
     if (v := get("OMNI_READY_MAX_QUEUE_AGE_SECONDS")) is not None:

@@ -42,6 +42,7 @@ from omni_core.model import (
     MessageStatus,
     Sender,
     StatusUpdate,
+    iso_ms,
     now_iso,
     shareable,
 )
@@ -50,7 +51,7 @@ from omni_core.outbound import split_enabled, split_outbound
 from omni_core.pacing import MAX_RATE_LIMIT_DEFERRALS, Pacer, limits_for
 from omni_core.retry import RetryPolicy
 from omni_core.sanitize import scrub_text
-from omni_core.store.base import Finished, Job, Lease, NewJob, Store, TraceRecord
+from omni_core.store.base import Finished, IdempotencyKey, Job, Lease, NewJob, Store, StoredKey, TraceRecord
 from omni_core.webhook_delivery import WebhookSender
 
 if TYPE_CHECKING:
@@ -82,6 +83,15 @@ class HandOff(NamedTuple):
 
     owner: str
     lease_seconds: float
+
+
+class Enqueued(NamedTuple):
+    """What a send came to: its answer, ``{"id": first part, "status": "queued", "parts": ids}``,
+    and, when an earlier send with the same idempotency key is being replayed (nothing was
+    enqueued now), that send's stored key (``response`` is then the stored answer)."""
+
+    response: dict[str, Any]
+    replay: StoredKey | None = None
 
 
 def lane_for(kind: str, tenant: str, instance: str, chat_id: str) -> str:
@@ -370,12 +380,32 @@ class Pipeline:
         return items
 
     # --- outbound through the queue ---------------------------------------------------------------
-    async def enqueue_outbound(self, message: Message, split: bool | None = None) -> list[str]:
-        """Store an outbound message (or its parts) with deliver jobs; the ids, in sending order."""
+    async def enqueue_outbound(
+        self, message: Message, split: bool | None = None, idempotency: tuple[str, str] | None = None
+    ) -> Enqueued:
+        """Store an outbound message (or its parts) with deliver jobs; ``parts`` lists the ids in
+        sending order.
+
+        ``idempotency`` is the client's (key, request fingerprint): the key is stored with the
+        messages, and a key the tenant stored less than ``idempotency_ttl_seconds`` ago enqueues
+        nothing and comes back as ``replay`` instead.
+        """
         items = await self._outbound_items([message], split)
-        await self.store.insert_outbound(items, now_iso())
+        ids = [m.id for m, _ in items]
+        # The answer is built before the write: the key stores it in the same transaction.
+        response: dict[str, Any] = {"id": ids[0], "status": "queued", "parts": ids}
+        now_ms = time.time_ns() // 1_000_000
+        key = None
+        if idempotency is not None:
+            expired_before = iso_ms(now_ms - self.settings.idempotency_ttl_seconds * 1000)
+            key = IdempotencyKey(
+                key=idempotency[0], fingerprint=idempotency[1], response=response, expired_before=expired_before
+            )
+        stored = await self.store.insert_outbound(items, iso_ms(now_ms), key)
+        if stored is not None:
+            return Enqueued(stored.response, stored)
         self.on_enqueue()
-        return [m.id for m, _ in items]
+        return Enqueued(response)
 
     async def retry_dead_job(self, job_id: str) -> Job | None:
         job = await self.store.requeue_dead(job_id, time.time(), now_iso())

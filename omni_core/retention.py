@@ -1,5 +1,6 @@
-"""Periodic purge: traces and finished jobs past TRACE_RETENTION_DAYS, and each tenant's message
-history past its own ``history_retention_days`` (tenant config; default: keep forever)."""
+"""Periodic purge: traces and finished jobs past TRACE_RETENTION_DAYS, each tenant's message
+history past its own ``history_retention_days`` (tenant config; default: keep forever), and send
+idempotency keys past OMNI_IDEMPOTENCY_TTL_SECONDS."""
 
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ def message_cutoffs(tenants: Sequence[Tenant], now: float) -> dict[str, str]:
 async def purge_once(hub: Hub, now: float | None = None) -> dict[str, int]:
     now = time.time() if now is None else now
     cutoff = iso(datetime.fromtimestamp(now - hub.settings.trace_retention_days * DAY, UTC))
-    counts = await hub.store.purge(cutoff, cutoff, message_cutoffs(await hub.store.list_tenants(), now))
+    keys_cutoff = iso(datetime.fromtimestamp(now - hub.settings.idempotency_ttl_seconds, UTC))
+    tenants = await hub.store.list_tenants()
+    counts = await hub.store.purge(cutoff, cutoff, message_cutoffs(tenants, now), keys_cutoff)
     if any(counts.values()):
         log.info("purged", **counts)
     return counts
@@ -45,5 +48,7 @@ async def purge_loop(hub: Hub) -> None:
         try:
             await purge_once(hub)
         except Exception as exc:  # the next round tries again; the hub keeps serving
-            log.warning("purge_failed", error=type(exc).__name__)
+            # With the error itself, not just its type: an operator must be able to tell a
+            # missing table from a lock timeout without reproducing it.
+            log.warning("purge_failed", error=repr(exc), interval_s=hub.settings.purge_interval_seconds)
         await asyncio.sleep(hub.settings.purge_interval_seconds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from datetime import datetime
 from typing import Any, Literal
 
@@ -24,6 +25,13 @@ from omni_core.store.base import HistoryQuery
 
 #: Trace stages that are attempts of a job (the rest describe the pipeline: see /messages/{id}/trace).
 ATTEMPT_STAGES = frozenset({"agent_request", "deliver", "webhook"})
+
+SEND_PATH = "/messages/send"
+UNIFIED_PATH = "/messages/unified"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: Visible ASCII (0x21-0x7E), as the IETF idempotency-key draft's examples and Stripe accept.
+_KEY_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
+MAX_KEY_LENGTH = 255
 
 
 class MediaIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -113,9 +121,37 @@ async def _sending_instance(hub: Hub, principal: Principal, ref: str, tenant: st
     return instance
 
 
+def _idempotency_key(request: Request[Any, Any, Any]) -> str | None:
+    """The request's ``Idempotency-Key`` (None without one); 400 when it is not a usable key."""
+    values = request.headers.getall(IDEMPOTENCY_HEADER, [])
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ApiError(400, "invalid_idempotency_key", f"send one {IDEMPOTENCY_HEADER} header, not {len(values)}")
+    key: str = values[0]
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or not _KEY_CHARS.issuperset(key):
+        raise ApiError(
+            400,
+            "invalid_idempotency_key",
+            f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_KEY_LENGTH} visible ASCII characters (no spaces)",
+        )
+    return key
+
+
+async def _fingerprint(request: Request[Any, Any, Any], path: str) -> str:
+    """What a retry must repeat exactly: the endpoint and the raw body bytes (already read and cached)."""
+    return hashlib.sha256(path.encode() + b"\n" + await request.body()).hexdigest()
+
+
 async def _queue(
-    hub: Hub, instance: Instance, chat: Chat, content: Content, reply_to: str | None, split: bool | None
-) -> dict[str, Any]:
+    hub: Hub,
+    instance: Instance,
+    chat: Chat,
+    content: Content,
+    reply_to: str | None,
+    split: bool | None,
+    idempotency: tuple[str, str] | None,
+) -> Response[dict[str, Any]]:
     message = Message(
         id=new_id("msg"),
         source=instance.channel,
@@ -129,13 +165,23 @@ async def _queue(
         reply_to=reply_to,
         status="queued",
     )
-    ids = await hub.pipeline.enqueue_outbound(message, split)
     # Long texts go out as several messages, in order; ``id`` is the first.
-    return {"id": ids[0], "status": "queued", "parts": ids}
+    sent = await hub.pipeline.enqueue_outbound(message, split, idempotency)
+    if sent.replay is None or idempotency is None:  # a replay comes only with a key
+        return Response(sent.response, status_code=202)
+    if sent.replay.fingerprint != idempotency[1]:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            f"{IDEMPOTENCY_HEADER} {idempotency[0]!r} was already used with a different request"
+            " (another endpoint or body); use a new key for a new send",
+        )
+    return Response(sent.response, status_code=202, headers={"Idempotent-Replayed": "true"})
 
 
-@post("/messages/send", status_code=202)
-async def send_message(request: Request[Any, Any, Any], hub: Hub, principal: Principal) -> dict[str, Any]:
+@post(SEND_PATH, status_code=202)
+async def send_message(request: Request[Any, Any, Any], hub: Hub, principal: Principal) -> Response[dict[str, Any]]:
+    key = _idempotency_key(request)
     body = await parse_body(request, hub, SendRequest)
     media = _media(body.media)
     _check_content(body.text, media)
@@ -148,10 +194,11 @@ async def send_message(request: Request[Any, Any, Any], hub: Hub, principal: Pri
     if not chat_id:
         raise ApiError(400, "invalid_recipient", "to must not be empty")
     chat = Chat(id=chat_id, type="group" if chat_id.endswith("@g.us") else "direct")
-    return await _queue(hub, instance, chat, _content(body.text, media), body.reply_to, body.split)
+    idempotency = (key, await _fingerprint(request, SEND_PATH)) if key is not None else None
+    return await _queue(hub, instance, chat, _content(body.text, media), body.reply_to, body.split, idempotency)
 
 
-@post("/messages/unified", status_code=202)
+@post(UNIFIED_PATH, status_code=202)
 async def unified_message(request: Request[Any, Any, Any], hub: Hub, principal: Principal) -> Response[dict[str, Any]]:
     body = await parse_body(request, hub, UnifiedRequest)
     media = _media(body.content.media)
@@ -162,10 +209,13 @@ async def unified_message(request: Request[Any, Any, Any], hub: Hub, principal: 
     content.metadata = dict(body.content.metadata)
     chat = Chat(id=body.chat.id, type=body.chat.type, thread_id=body.chat.thread_id, name=body.chat.name)
     if body.direction == "outbound":
+        # Inbound messages are deduplicated on external_id instead: the header is ignored there.
+        key = _idempotency_key(request)
         instance = await _sending_instance(hub, principal, body.instance, body.tenant)
         if body.source is not None and body.source != instance.channel:
             raise ApiError(400, "invalid_request", f"instance {instance.name!r} is on channel {instance.channel!r}")
-        return Response(await _queue(hub, instance, chat, content, body.reply_to, body.split), status_code=202)
+        idempotency = (key, await _fingerprint(request, UNIFIED_PATH)) if key is not None else None
+        return await _queue(hub, instance, chat, content, body.reply_to, body.split, idempotency)
     return await _inject_inbound(hub, principal, body, chat, content)
 
 

@@ -91,6 +91,25 @@ class InsertOutcome(msgspec.Struct, kw_only=True):
     leased: Job | None = None
 
 
+class IdempotencyKey(msgspec.Struct, frozen=True, kw_only=True):
+    """A client's ``Idempotency-Key`` on a send, stored with the send's messages (insert_outbound)."""
+
+    key: str
+    #: What a retry must match (a hash of the request); a different one is a reused key.
+    fingerprint: str
+    #: The answer to the request (JSON-compatible), replayed to its retries.
+    response: dict[str, Any]
+    #: ISO time: a key stored before it has expired and is treated as absent (and replaced).
+    expired_before: str
+
+
+class StoredKey(msgspec.Struct, frozen=True, kw_only=True):
+    """The live key an earlier request stored: its fingerprint and its answer."""
+
+    fingerprint: str
+    response: dict[str, Any]
+
+
 class HistoryQuery(msgspec.Struct, kw_only=True):
     tenant: str
     instance: str | None = None
@@ -227,8 +246,16 @@ class Store(ABC):
         """Newest first, ``limit`` per page; ``next_before_id`` continues the listing."""
 
     @abstractmethod
-    async def insert_outbound(self, items: Sequence[tuple[Message, Sequence[NewJob]]], now: str) -> None:
-        """Store new outbound messages (e.g. the parts of a long text) with their jobs, atomically."""
+    async def insert_outbound(
+        self, items: Sequence[tuple[Message, Sequence[NewJob]]], now: str, key: IdempotencyKey | None = None
+    ) -> StoredKey | None:
+        """Store new outbound messages (e.g. the parts of a long text) with their jobs, atomically.
+
+        With ``key`` (scoped to the messages' tenant): when the tenant holds that key and it has
+        not expired, nothing is written and the stored key comes back; otherwise the key is stored
+        (replacing an expired one) in the same transaction as the messages, and None comes back.
+        Two concurrent calls with one key store one set of messages: the other gets the key.
+        """
 
     @abstractmethod
     async def apply_status(
@@ -408,9 +435,16 @@ class Store(ABC):
         """Trace rows, newest first, filtered."""
 
     @abstractmethod
-    async def purge(self, traces_before: str, jobs_before: str, messages_before: Mapping[str, str]) -> dict[str, int]:
-        """Delete traces and finished jobs older than the cut-offs, and each tenant's messages
-        older than its own cut-off (tenant -> ISO time); returns counts per table."""
+    async def purge(
+        self,
+        traces_before: str,
+        jobs_before: str,
+        messages_before: Mapping[str, str],
+        keys_before: str | None = None,
+    ) -> dict[str, int]:
+        """Delete traces and finished jobs older than the cut-offs, each tenant's messages older
+        than its own cut-off (tenant -> ISO time), and idempotency keys stored before
+        ``keys_before``; returns counts per table."""
 
     @abstractmethod
     async def traces_for_jobs(self, job_ids: Sequence[str]) -> dict[str, list[TraceRecord]]: ...

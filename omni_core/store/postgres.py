@@ -34,11 +34,13 @@ from omni_core.store.base import (
     Finished,
     HistoryPage,
     HistoryQuery,
+    IdempotencyKey,
     InsertOutcome,
     Job,
     Lease,
     NewJob,
     Store,
+    StoredKey,
     TraceRecord,
     pick_within_share,
     tenants_at_cap,
@@ -115,6 +117,18 @@ INGEST_PG = (
     " AS r(tenant, job_id, stage, plugin, attempt, at, duration_ms, outcome, status_code, error)"
     " WHERE found.id IS NOT NULL)"
     " SELECT id, accepted FROM found"
+)
+
+
+#: Store a key unless the tenant holds it unexpired ($6: the expiry cut-off); returns a row only
+#: when this statement stored it. A concurrent transaction's uncommitted insert of the same key
+#: makes this one wait on the primary key until that transaction ends, then conflict (or insert,
+#: if it rolled back); an expired row is replaced in place.
+CLAIM_KEY_PG = (
+    "INSERT INTO idempotency_keys (tenant_id, key, fingerprint, response, created_at) VALUES ($1, $2, $3, $4, $5)"
+    " ON CONFLICT (tenant_id, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,"
+    " response = EXCLUDED.response, created_at = EXCLUDED.created_at"
+    " WHERE idempotency_keys.created_at < $6 RETURNING 1"
 )
 
 
@@ -539,12 +553,34 @@ class PostgresStore(Store):
             next_before_id=rows[-1][3] if more and rows else None,
         )
 
-    async def insert_outbound(self, items: Sequence[tuple[Message, Sequence[NewJob]]], now: str) -> None:
-        async with self._require_pool().acquire() as conn, conn.transaction():
-            for message, jobs in items:
-                await conn.execute(INSERT_MESSAGE_PG, *message_row(message, now))
-                for new_job in jobs:
-                    await conn.execute(INSERT_JOB_PG, *_job_args(new_job, message.tenant, message.id, now))
+    async def insert_outbound(
+        self, items: Sequence[tuple[Message, Sequence[NewJob]]], now: str, key: IdempotencyKey | None = None
+    ) -> StoredKey | None:
+        async with self._require_pool().acquire() as conn:
+            if key is None or not items:
+                async with conn.transaction():
+                    await _insert_outbound(conn, items, now)
+                return None
+            tenant = items[0][0].tenant
+            response = json_encode(key.response).decode()
+            # Read committed whatever the server's default: the read below is a statement of its
+            # own, so it sees the row of the transaction the claim waited for (and the claim has
+            # locked that row, so nothing deletes it in between).
+            async with conn.transaction(isolation="read_committed"):
+                claimed = await conn.fetchval(
+                    CLAIM_KEY_PG, tenant, key.key, key.fingerprint, response, now, key.expired_before
+                )
+                if claimed is not None:
+                    await _insert_outbound(conn, items, now)
+                    return None
+                found = await conn.fetchrow(
+                    "SELECT fingerprint, response FROM idempotency_keys WHERE tenant_id = $1 AND key = $2",
+                    tenant,
+                    key.key,
+                )
+            if found is None:  # not expected: the claim conflicted with this very row
+                raise RuntimeError(f"idempotency key of tenant {tenant} could not be read")
+            return StoredKey(fingerprint=found[0], response=msgspec.json.decode(found[1]))
 
     async def apply_status(
         self,
@@ -973,8 +1009,17 @@ class PostgresStore(Store):
         )
         return [trace_from_row(r) for r in rows]
 
-    async def purge(self, traces_before: str, jobs_before: str, messages_before: Mapping[str, str]) -> dict[str, int]:
+    async def purge(
+        self,
+        traces_before: str,
+        jobs_before: str,
+        messages_before: Mapping[str, str],
+        keys_before: str | None = None,
+    ) -> dict[str, int]:
         async with self._require_pool().acquire() as conn, conn.transaction():
+            keys = "DELETE 0"
+            if keys_before is not None:
+                keys = await conn.execute("DELETE FROM idempotency_keys WHERE created_at < $1", keys_before)
             traces = await conn.execute("DELETE FROM traces WHERE at < $1", traces_before)
             jobs = await conn.execute(
                 "DELETE FROM jobs WHERE status IN ('done', 'dead') AND updated_at < $1", jobs_before
@@ -988,7 +1033,12 @@ class PostgresStore(Store):
                     cutoff,
                 )
                 messages += int(status.split()[-1])
-        return {"traces": int(traces.split()[-1]), "jobs": int(jobs.split()[-1]), "messages": messages}
+        return {
+            "traces": int(traces.split()[-1]),
+            "jobs": int(jobs.split()[-1]),
+            "messages": messages,
+            "idempotency_keys": int(keys.split()[-1]),
+        }
 
     async def traces_for_message(self, message_id: str) -> list[TraceRecord]:
         rows = await self._require_pool().fetch(
@@ -1008,6 +1058,14 @@ class PostgresStore(Store):
         for r in rows:
             out.setdefault(r[2], []).append(trace_from_row(r))
         return out
+
+
+async def _insert_outbound(conn: Any, items: Sequence[tuple[Message, Sequence[NewJob]]], now: str) -> None:
+    """The messages and their jobs, on ``conn`` inside the caller's transaction."""
+    for message, jobs in items:
+        await conn.execute(INSERT_MESSAGE_PG, *message_row(message, now))
+        for new_job in jobs:
+            await conn.execute(INSERT_JOB_PG, *_job_args(new_job, message.tenant, message.id, now))
 
 
 async def _close_job(conn: asyncpg.Connection, job: Job, status: str, error: str | None, now: str) -> bool:

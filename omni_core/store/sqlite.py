@@ -35,11 +35,13 @@ from omni_core.store.base import (
     Finished,
     HistoryPage,
     HistoryQuery,
+    IdempotencyKey,
     InsertOutcome,
     Job,
     Lease,
     NewJob,
     Store,
+    StoredKey,
     TraceRecord,
     pick_within_share,
     tenants_at_cap,
@@ -392,10 +394,12 @@ class SqliteStore(Store):
             next_before_id=rows[-1][3] if more and rows else None,
         )
 
-    async def insert_outbound(self, items: Sequence[tuple[Message, Sequence[NewJob]]], now: str) -> None:
+    async def insert_outbound(
+        self, items: Sequence[tuple[Message, Sequence[NewJob]]], now: str, key: IdempotencyKey | None = None
+    ) -> StoredKey | None:
         rows = [(message_row(m, now), m.tenant, m.id, jobs) for m, jobs in items]
-
-        await self._write(_write_insert_outbound, rows, now)
+        stored: StoredKey | None = await self._write(_write_insert_outbound, rows, now, key)
+        return stored
 
     async def apply_status(
         self,
@@ -609,8 +613,16 @@ class SqliteStore(Store):
         )
         return [trace_from_row(r) for r in rows]
 
-    async def purge(self, traces_before: str, jobs_before: str, messages_before: Mapping[str, str]) -> dict[str, int]:
-        result: dict[str, int] = await self._write(_write_purge, traces_before, jobs_before, messages_before)
+    async def purge(
+        self,
+        traces_before: str,
+        jobs_before: str,
+        messages_before: Mapping[str, str],
+        keys_before: str | None = None,
+    ) -> dict[str, int]:
+        result: dict[str, int] = await self._write(
+            _write_purge, traces_before, jobs_before, messages_before, keys_before
+        )
         return result
 
     async def traces_for_message(self, message_id: str) -> list[TraceRecord]:
@@ -779,13 +791,36 @@ def _write_insert_message(
     return outcome
 
 
+#: Store a key, replacing an expired one (the caller checked that it has expired).
+UPSERT_KEY = (
+    "INSERT INTO idempotency_keys (tenant_id, key, fingerprint, response, created_at) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (tenant_id, key) DO UPDATE SET fingerprint = excluded.fingerprint,"
+    " response = excluded.response, created_at = excluded.created_at"
+)
+
+
 def _write_insert_outbound(
-    db: sqlite3.Connection, rows: Sequence[tuple[tuple[Any, ...], str, str, Sequence[NewJob]]], now: str
-) -> None:
+    db: sqlite3.Connection,
+    rows: Sequence[tuple[tuple[Any, ...], str, str, Sequence[NewJob]]],
+    now: str,
+    key: IdempotencyKey | None,
+) -> StoredKey | None:
+    if key is not None and rows:
+        # Check, then insert: safe because this one writer runs every write in order, so no
+        # other request's insert of the key can come between the two.
+        tenant = rows[0][1]
+        found = db.execute(
+            "SELECT fingerprint, response, created_at FROM idempotency_keys WHERE tenant_id = ? AND key = ?",
+            (tenant, key.key),
+        ).fetchone()
+        if found is not None and found[2] >= key.expired_before:
+            return StoredKey(fingerprint=found[0], response=msgspec.json.decode(found[1]))
+        db.execute(UPSERT_KEY, (tenant, key.key, key.fingerprint, json_encode(key.response).decode(), now))
     for row, tenant, message_id, jobs in rows:
         db.execute(INSERT_MESSAGE, row)
         for new_job in jobs:
             _insert_job(db, new_job, tenant, message_id, now)
+    return None
 
 
 def _write_apply_status(
@@ -1100,7 +1135,11 @@ def _write_add_traces(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -
 
 
 def _write_purge(
-    db: sqlite3.Connection, traces_before: str, jobs_before: str, messages_before: Mapping[str, str]
+    db: sqlite3.Connection,
+    traces_before: str,
+    jobs_before: str,
+    messages_before: Mapping[str, str],
+    keys_before: str | None,
 ) -> dict[str, int]:
     flush_rows(db)
     counts = {
@@ -1109,7 +1148,12 @@ def _write_purge(
             "DELETE FROM jobs WHERE status IN ('done', 'dead') AND updated_at < ?", (jobs_before,)
         ).rowcount,
         "messages": 0,
+        "idempotency_keys": 0,
     }
+    if keys_before is not None:
+        counts["idempotency_keys"] = db.execute(
+            "DELETE FROM idempotency_keys WHERE created_at < ?", (keys_before,)
+        ).rowcount
     for tenant, cutoff in messages_before.items():
         # A message with unfinished work is kept until that work is done.
         counts["messages"] += db.execute(
