@@ -5,6 +5,11 @@ channel's API are kept alive and reused across messages and tenants. Underneath 
 :class:`omni_core.http_transport.PooledTransport` (see there for why), unless
 ``OMNI_HTTP_TRANSPORT=httpx`` or a proxy is configured in the environment: proxies are
 httpx's own transport's job.
+
+A request may be pinned to addresses already resolved and checked (the ``CONNECT_ADDRESSES``
+extension, see :mod:`omni_core.http_transport`). Both default transports honour it: the pooled
+one itself, httpx's own through :class:`HttpxPinningTransport`. Through a proxy the proxy
+resolves and connects, so there is nothing to pin here.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from httpx._client import ClientState, UseClientDefault
 from httpx._types import HeaderTypes, RequestContent, RequestExtensions, TimeoutTypes
 
 from omni_core.config import Settings
-from omni_core.http_transport import PooledTransport
+from omni_core.http_transport import CONNECT_ADDRESSES, PooledTransport, pinned_addresses
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _http_log = logging.getLogger("httpx")  # httpx's own request log line, kept on the fast path
@@ -69,7 +74,7 @@ class HubClient(httpx.AsyncClient):
             or json is not None
             or params is not None
             or cookies is not None
-            or extensions is not None
+            or not (extensions is None or type(extensions) is dict)
             or not isinstance(url, str)
             or not (content is None or type(content) is bytes)
             or not (headers is None or type(headers) is dict)
@@ -108,12 +113,15 @@ class HubClient(httpx.AsyncClient):
             auto.append((b"Content-Length", b"content-length", b"0"))
         if auto:
             merged._list = auto + entries
+        request_extensions: dict[str, Any] = {"timeout": self._timeout_extension(timeout)}
+        if extensions:
+            request_extensions.update(extensions)  # as httpx: a "timeout" given here wins
         request = httpx.Request(
             method,
             merged_url,
             headers=merged,
             stream=httpx.ByteStream(body),
-            extensions={"timeout": self._timeout_extension(timeout)},
+            extensions=request_extensions,
         )
         request._content = body  # what Request.read() would set for a ByteStream
         return request
@@ -135,6 +143,16 @@ class HubClient(httpx.AsyncClient):
         the request needs none of them (the hub's own calls never do): one request, one response,
         body read. Anything else (streaming, auth, redirects, hooks) takes httpx's full path."""
         redirects = self.follow_redirects if isinstance(follow_redirects, UseClientDefault) else follow_redirects
+        if CONNECT_ADDRESSES in request.extensions:
+            if redirects:
+                # The addresses were checked for this URL's host; a redirect elsewhere would be
+                # connected to them too, or (unpinned) to whatever its host resolves to unchecked.
+                raise ValueError(f"a request with {CONNECT_ADDRESSES} must not follow redirects")
+            transport = self._transport_for_url(request.url)
+            # Fail closed: a transport that ignored the pin would resolve the name again. A proxy
+            # mount is the exception: the proxy resolves the name, whatever the hub does.
+            if transport is self._transport and not isinstance(transport, PooledTransport | HttpxPinningTransport):
+                raise ValueError(f"{type(transport).__name__} cannot honour {CONNECT_ADDRESSES}")
         if (
             stream
             or redirects
@@ -154,7 +172,10 @@ class HubClient(httpx.AsyncClient):
         response.request = request
         response.default_encoding = self._default_encoding
         if response.has_redirect_location:
-            response.next_request = self._build_redirect_request(request, response)
+            next_request = self._build_redirect_request(request, response)
+            # The pin belongs to this URL's host only; never carry it over to a redirect target.
+            next_request.extensions = {k: v for k, v in next_request.extensions.items() if k != CONNECT_ADDRESSES}
+            response.next_request = next_request
         try:
             body_stream = response.stream
             if "content-encoding" in response.headers or not isinstance(body_stream, httpx.AsyncByteStream):
@@ -195,6 +216,60 @@ class HubClient(httpx.AsyncClient):
         return merged
 
 
+class HttpxPinningTransport(httpx.AsyncBaseTransport):
+    """httpx's own transport (``OMNI_HTTP_TRANSPORT=httpx``), plus the ``CONNECT_ADDRESSES`` pin.
+
+    httpx connects to an IP-literal URL without resolving anything and takes the TLS server name
+    (SNI and the certificate check) from the ``sni_hostname`` extension. So a pinned request is
+    sent to its address as the URL, with its Host header and server name left the original
+    host's. httpx pools connections by the URL's origin, here the address: a kept-alive
+    connection verified for one host would then serve another host on the same address. So
+    pinned requests go through a second pool that keeps no connection alive.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        """``kwargs`` are ``httpx.AsyncHTTPTransport``'s."""
+        self._shared = httpx.AsyncHTTPTransport(**kwargs)
+        self._pinned = httpx.AsyncHTTPTransport(**{**kwargs, "limits": httpx.Limits(max_keepalive_connections=0)})
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        pinned = request.extensions.get(CONNECT_ADDRESSES)
+        if pinned is None:
+            return await self._shared.handle_async_request(request)
+        addresses = pinned_addresses(pinned)
+        for index, address in enumerate(addresses):
+            try:
+                return await self._pinned.handle_async_request(_to_address(request, address))
+            except httpx.ConnectError:
+                if index == len(addresses) - 1:
+                    raise
+                # Not connected, so nothing was sent: the next address may take it.
+        raise AssertionError("unreachable: pinned_addresses is never empty")
+
+    async def aclose(self) -> None:
+        await self._shared.aclose()
+        await self._pinned.aclose()
+
+
+def _to_address(request: httpx.Request, address: str) -> httpx.Request:
+    """``request`` with the address as its URL's host, for the original host's Host header and TLS name."""
+    headers = request.headers.copy()
+    if "host" not in headers:
+        headers["Host"] = request.url.netloc.decode("ascii")
+    extensions = {k: v for k, v in request.extensions.items() if k != CONNECT_ADDRESSES}
+    extensions["sni_hostname"] = request.url.raw_host.decode("ascii")
+    moved = httpx.Request(
+        request.method,
+        request.url.copy_with(host=address),
+        headers=headers,
+        stream=request.stream,
+        extensions=extensions,
+    )
+    if hasattr(request, "_content"):
+        moved._content = request._content  # already read: what Request.read() would set
+    return moved
+
+
 def make_http_client(settings: Settings) -> httpx.AsyncClient:
     timeout = httpx.Timeout(30.0, connect=5.0)
     headers = {"user-agent": USER_AGENT}
@@ -204,11 +279,11 @@ def make_http_client(settings: Settings) -> httpx.AsyncClient:
     else:
         if settings.http_transport == "pooled":
             log.info("http_transport_fallback", reason="proxy configured", proxies=proxies)
-        client = HubClient(
-            timeout=timeout,
-            headers=headers,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
-        )
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
+        client = HubClient(timeout=timeout, headers=headers, limits=limits)
+        # Swapped in after construction: given ``transport=``, httpx would not mount the proxies
+        # from the environment.
+        client._transport = HttpxPinningTransport(limits=limits)
     # One client serves every tenant: a cookie one tenant's backend sets must never ride along
     # on another tenant's request to the same host. Keep none (this also skips parsing them).
     client._cookies = _NoCookies()

@@ -13,6 +13,11 @@ open connections are capped and waiting requests queue FIFO. Response bodies str
 backpressure; a request that meets a keep-alive connection the server closed at the same moment is
 retried once on a fresh connection when its body can be replayed.
 
+Connection pinning: a request whose ``extensions`` carry :data:`CONNECT_ADDRESSES` (IP address
+strings) is connected to those addresses only, in order, without a DNS lookup, while its Host
+header, TLS server name and certificate check keep the URL's hostname. The tenant webhook sender
+uses it so the addresses it checked are the ones connected to (no DNS rebinding in between).
+
 What it does not do: HTTP/2, proxies (the caller keeps httpx's own transport when proxy
 environment variables are set), ``Expect: 100-continue`` waiting (the body is sent at once; interim
 1xx responses are skipped), pipelining, or trailers.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os.path
 import ssl
 from collections import deque
@@ -30,11 +36,17 @@ from typing import Any
 import httptools
 import httpx
 
-__all__ = ["PooledTransport"]
+__all__ = ["CONNECT_ADDRESSES", "PooledTransport", "pinned_addresses"]
+
+#: Request extension: a sequence of IP address strings to connect to instead of resolving the host.
+CONNECT_ADDRESSES = "omni.connect_addresses"
 
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _NO_TIMEOUTS: dict[str, float | None] = {}
-_Origin = tuple[bytes, bytes, int]
+#: (scheme, host, port, pinned addresses or None). Pinned requests get pools of their own, keyed by
+#: the address set: a keep-alive connection opened to one set never serves a request pinned to
+#: another, nor an unpinned one (whose host might resolve elsewhere by now), and vice versa.
+_Origin = tuple[bytes, bytes, int, frozenset[str] | None]
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:
@@ -327,6 +339,7 @@ class _Pool:
     """Connections to one origin: an idle LIFO stack, a cap on open connections, a FIFO of waiters."""
 
     __slots__ = (
+        "addresses",
         "closed",
         "conns",
         "host",
@@ -350,10 +363,12 @@ class _Pool:
         max_connections: int,
         max_idle: int,
         keepalive_expiry: float,
+        addresses: tuple[str, ...] | None = None,
     ) -> None:
         self.loop = loop
         self.host = host
         self.port = port
+        self.addresses = addresses  # pinned: connect to these, never to what ``host`` resolves to
         self.ssl = ssl_context
         self.max_connections = max_connections
         self.max_idle = max_idle
@@ -461,11 +476,15 @@ class _Pool:
             self.idle.remove(conn)
         self.discard(conn)
 
-    def close(self) -> None:
+    def unused(self) -> bool:
+        """No request holds or waits for a connection here (any open ones are idle)."""
+        return self.slots == len(self.idle) and not self.waiters
+
+    def close(self, graceful: bool = False) -> None:
         self.closed = True
         self.idle.clear()
         for conn in list(self.conns):
-            self.discard(conn)
+            self.discard(conn, graceful)
 
 
 class _ResponseStream(httpx.AsyncByteStream):
@@ -545,7 +564,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
         url = request.url
         scheme = url.raw_scheme
         port = url.port or _DEFAULT_PORTS.get(scheme, 0)
-        origin = (scheme, url.raw_host, port)
+        pinned = request.extensions.get(CONNECT_ADDRESSES)
+        origin = (scheme, url.raw_host, port, None if pinned is None else frozenset(pinned))
         pool = self._pools.get(origin)
         if pool is not None:
             return pool
@@ -553,6 +573,10 @@ class PooledTransport(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}", request=request)
         if not url.raw_host:
             raise httpx.UnsupportedProtocol("request URL has no host", request=request)
+        addresses = None
+        if pinned is not None:
+            addresses = pinned_addresses(pinned)
+            self._retire_pinned(origin)
         ctx = None
         if scheme == b"https":
             if self._ssl_context is None:
@@ -566,9 +590,22 @@ class PooledTransport(httpx.AsyncBaseTransport):
             self._max_connections,
             self._max_idle,
             self._keepalive_expiry,
+            addresses,
         )
         self._pools[origin] = pool
         return pool
+
+    def _retire_pinned(self, origin: _Origin) -> None:
+        """A new address set for an origin: drop its older pinned pools that no request uses.
+
+        Pinned pools are keyed by address set, so a host whose DNS answer keeps changing would
+        otherwise leave a pool (and idle connections) behind for every answer it ever gave.
+        """
+        stale = [
+            key for key, pool in self._pools.items() if key[3] is not None and key[:3] == origin[:3] and pool.unused()
+        ]
+        for key in stale:
+            self._pools.pop(key).close(graceful=True)  # only idle connections are left
 
     async def _connect(self, pool: _Pool, request: httpx.Request, connect_timeout: float | None) -> _Connection:
         """Open a connection in a slot the caller holds; on failure the slot is released."""
@@ -577,13 +614,16 @@ class PooledTransport(httpx.AsyncBaseTransport):
             if self._closed:
                 raise httpx.ConnectError("transport is closed", request=request)
             async with asyncio.timeout(connect_timeout):
-                await pool.loop.create_connection(
-                    lambda: conn,
-                    pool.host,
-                    pool.port,
-                    ssl=pool.ssl,
-                    server_hostname=pool.host if pool.ssl is not None else None,
-                )
+                if pool.addresses is None:
+                    await pool.loop.create_connection(
+                        lambda: conn,
+                        pool.host,
+                        pool.port,
+                        ssl=pool.ssl,
+                        server_hostname=pool.host if pool.ssl is not None else None,
+                    )
+                else:
+                    await _connect_pinned(pool, conn)
         except BaseException as exc:
             pool.free_slot()
             if isinstance(exc, TimeoutError):
@@ -673,6 +713,49 @@ class PooledTransport(httpx.AsyncBaseTransport):
         self._pools.clear()
         for pool in pools:
             pool.close()
+
+
+def pinned_addresses(pinned: object) -> tuple[str, ...]:
+    """The pinned addresses as given, in order and without repeats; each must be an IP literal,
+    since a name here would be resolved by ``create_connection`` and defeat the pinning."""
+    if isinstance(pinned, str | bytes) or not isinstance(pinned, tuple | list):
+        raise ValueError(f"{CONNECT_ADDRESSES} must be a tuple or list of IP address strings")
+    addresses = tuple(dict.fromkeys(pinned))
+    if not addresses:
+        raise ValueError(f"{CONNECT_ADDRESSES} is empty: there is no address to connect to")
+    for address in addresses:
+        if not isinstance(address, str):
+            raise ValueError(f"{CONNECT_ADDRESSES} holds {address!r}, not an IP address string")
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(f"{CONNECT_ADDRESSES} holds {address!r}, not an IP address") from None
+    return addresses
+
+
+async def _connect_pinned(pool: _Pool, conn: _Connection) -> None:
+    """Connect to the pool's pinned addresses in order, the first that accepts wins.
+
+    TLS is set up for the URL's hostname (SNI and certificate check), not for the address. A TLS
+    failure ends the attempt: the next address would present the same name's certificate.
+    """
+    assert pool.addresses is not None
+    failures: list[str] = []
+    for address in pool.addresses:
+        try:
+            await pool.loop.create_connection(
+                lambda: conn,
+                address,
+                pool.port,
+                ssl=pool.ssl,
+                server_hostname=pool.host if pool.ssl is not None else None,
+            )
+            return
+        except ssl.SSLError:
+            raise
+        except OSError as exc:
+            failures.append(f"{address}: {exc}")
+    raise OSError("; ".join(failures))
 
 
 def _request_head(request: httpx.Request) -> tuple[bytes, bool, bool]:

@@ -5,6 +5,11 @@ other). An attempt records its status code, latency and error as a trace; a fail
 after the next step of the schedule; after the last one the delivery is dead. A webhook that has
 kept failing for ``OMNI_WEBHOOK_DISABLE_AFTER_SECONDS`` is disabled and ``webhook.disabled`` tells
 the tenant's other webhooks.
+
+Unless private addresses are allowed, an attempt resolves the URL's host once, refuses it when any
+answer is not a public address, and has the client connect to exactly the addresses it checked
+(``CONNECT_ADDRESSES``): letting the client resolve the name again would let a DNS answer that
+changed in between (rebinding, TTL 0) reach an internal service.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import ipaddress
 import random
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import httpx
@@ -23,6 +28,7 @@ import structlog
 
 from omni_core import signing
 from omni_core.errors import ApiError
+from omni_core.http_transport import CONNECT_ADDRESSES
 from omni_core.model import now_iso
 from omni_core.store.base import Job
 
@@ -55,22 +61,81 @@ def check_url_syntax(url: str) -> str:
 
 
 def is_private(address: str) -> bool:
+    """True unless ``address`` is a public unicast address a tenant's receiver may have.
+
+    Besides private, loopback, link-local, reserved, multicast and unspecified addresses, anything
+    not globally reachable counts: 100.64.0.0/10 (carrier-grade NAT) is none of the above, yet some
+    clouds serve their instance metadata there (100.100.100.200).
+    """
     ip = ipaddress.ip_address(address)
-    return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified
+    return (
+        not ip.is_global
+        or ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_reserved
+        or ip.is_multicast
+        or ip.is_unspecified
+    )
+
+
+def url_host(url: str) -> str:
+    """The URL's host as the HTTP client connects to it: IDNA-encoded, an IPv6 literal unbracketed."""
+    try:
+        return httpx.URL(url).raw_host.decode("ascii")
+    except (httpx.InvalidURL, UnicodeError):
+        return urlparse(url).hostname or ""
+
+
+async def resolve_host(host: str) -> list[str]:
+    """The addresses the system resolver gives for ``host``, in its order, without repeats.
+
+    Deliveries and the API's check call it through this module, so a test can put a resolver in
+    its place that answers differently from one call to the next (a rebinding DNS server).
+    """
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+async def host_addresses(host: str) -> list[str]:
+    """``host`` itself when it is an IP literal, else what it resolves to; OSError when nothing."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    try:
+        addresses = await resolve_host(host)
+    except UnicodeError as exc:  # a label the IDNA codec refuses (e.g. longer than 63 characters)
+        raise OSError(f"invalid host name: {exc}") from None
+    if not addresses:
+        raise OSError("no address found")
+    return addresses
 
 
 async def resolves_private(url: str) -> bool:
     """True when the URL's host is, or resolves to, a private/loopback/link-local address."""
-    host = urlparse(url).hostname or ""
     try:
-        return is_private(host)
-    except ValueError:
-        pass
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        addresses = await host_addresses(url_host(url))
     except OSError:
         return False  # unresolvable: the delivery itself will fail and be retried
-    return any(is_private(str(info[4][0])) for info in infos)
+    return any(is_private(address) for address in addresses)
+
+
+async def public_addresses(url: str) -> tuple[str, ...]:
+    """The addresses an attempt may connect to: the host resolved once, every answer public.
+
+    DeliveryFailed (retried) when the host does not resolve or any answer is not public.
+    """
+    host = url_host(url)
+    if not host:
+        raise DeliveryFailed("webhook url has no host")
+    try:
+        addresses = await host_addresses(host)
+    except OSError as exc:
+        raise DeliveryFailed(f"could not resolve host {host}: {exc.strerror or exc}") from None
+    if any(is_private(address) for address in addresses):
+        raise DeliveryFailed("url resolves to a private address (set OMNI_WEBHOOK_ALLOW_PRIVATE to allow)")
+    return tuple(addresses)
 
 
 class WebhookSender:
@@ -109,8 +174,10 @@ class WebhookSender:
 
     async def _post(self, url: str, secrets_in_use: list[str], job: Job) -> int:
         settings = self.pipeline.settings
-        if not settings.webhook_allow_private and await resolves_private(url):
-            raise DeliveryFailed("url resolves to a private address (set OMNI_WEBHOOK_ALLOW_PRIVATE to allow)")
+        extensions: dict[str, Any] | None = None
+        if not settings.webhook_allow_private:
+            # Connect to exactly the checked addresses: no second lookup that could answer otherwise.
+            extensions = {CONNECT_ADDRESSES: await public_addresses(url)}
         body = _encode(job.payload.get("body", {}))
         event_id = str(job.payload.get("event_id") or job.id)
         headers = signing.headers(secrets_in_use, event_id, int(time.time()), body)
@@ -119,7 +186,12 @@ class WebhookSender:
         assert hub is not None
         try:
             response = await hub.http.post(
-                url, content=body, headers=headers, timeout=settings.webhook_timeout_seconds, follow_redirects=False
+                url,
+                content=body,
+                headers=headers,
+                timeout=settings.webhook_timeout_seconds,
+                follow_redirects=False,
+                extensions=extensions,
             )
         except httpx.TimeoutException:
             raise DeliveryFailed(f"timed out after {settings.webhook_timeout_seconds:g}s") from None

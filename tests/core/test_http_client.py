@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from omni_core.config import ConfigError, Settings, load_settings
-from omni_core.http_client import make_http_client
-from omni_core.http_transport import PooledTransport
+from omni_core.http_client import HttpxPinningTransport, HubClient, make_http_client
+from omni_core.http_transport import CONNECT_ADDRESSES, PooledTransport
 
 
 async def _recording_server(answer: bytes) -> tuple[asyncio.Server, str, list[bytes]]:
@@ -75,7 +75,7 @@ def test_pooled_transport_is_the_default_without_a_proxy(monkeypatch: pytest.Mon
 def test_a_proxy_in_the_environment_selects_httpx_own_transport(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     client = make_http_client(Settings())
-    assert not isinstance(client._transport, PooledTransport)
+    assert isinstance(client._transport, HttpxPinningTransport)  # httpx's own, able to pin
     # httpx routes https:// through the proxy it read from the environment.
     assert [pattern.pattern for pattern in client._mounts] == ["https://"]
 
@@ -194,13 +194,22 @@ _header_values = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789 /;=-", m
     content=st.one_of(st.none(), st.binary(max_size=40)),
     headers=st.one_of(st.none(), st.dictionaries(_header_names, _header_values, max_size=5)),
     timeout=st.one_of(st.just(httpx.USE_CLIENT_DEFAULT), st.floats(min_value=0.1, max_value=60), st.none()),
+    extensions=st.sampled_from(
+        [None, {}, {CONNECT_ADDRESSES: ("127.0.0.1", "::1")}, {"timeout": {"connect": 1.0, "read": 2.0}, "x": 1}]
+    ),
 )
 def test_the_fast_request_builder_builds_what_httpx_builds(
-    method: str, url: str, content: bytes | None, headers: dict[str, str] | None, timeout: Any
+    method: str,
+    url: str,
+    content: bytes | None,
+    headers: dict[str, str] | None,
+    timeout: Any,
+    extensions: dict[str, Any] | None,
 ) -> None:
     client = make_http_client(Settings())
-    fast = client.build_request(method, url, content=content, headers=headers, timeout=timeout)
-    slow = httpx.AsyncClient.build_request(client, method, url, content=content, headers=headers, timeout=timeout)
+    kwargs: dict[str, Any] = {"content": content, "headers": headers, "timeout": timeout, "extensions": extensions}
+    fast = client.build_request(method, url, **kwargs)
+    slow = httpx.AsyncClient.build_request(client, method, url, **kwargs)
     assert fast.method == slow.method
     assert fast.url == slow.url
     assert fast.headers.raw == slow.headers.raw
@@ -216,3 +225,72 @@ def test_other_request_shapes_take_httpx_own_builder() -> None:
         fast = client.build_request("POST", "http://h/p", **kwargs)
         slow = httpx.AsyncClient.build_request(client, "POST", "http://h/p", **kwargs)
         assert (fast.url, fast.headers.raw, fast.content) == (slow.url, slow.headers.raw, slow.content)
+
+
+# -- pinned requests (CONNECT_ADDRESSES) -----------------------------------------------------------
+
+#: Never resolves (RFC 6761): a request to it that arrives cannot have looked it up.
+MADE_UP = "receiver.omni-test.invalid"
+
+
+@pytest.mark.parametrize("transport", ["pooled", "httpx"])
+async def test_a_pinned_request_goes_to_its_address_on_either_transport(
+    transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    server, _, heads = await _recording_server(COOKIE_ANSWER)
+    port = server.sockets[0].getsockname()[1]
+    client = make_http_client(Settings(http_transport=transport))
+    try:
+        target = f"http://{MADE_UP}:{port}/hook"
+        response = await client.post(target, content=b"{}", extensions={CONNECT_ADDRESSES: ("127.0.0.1",)})
+        assert response.status_code == 200 and str(response.request.url) == target
+        assert (
+            heads[0].startswith(b"POST /hook HTTP/1.1\r\n") and f"host: {MADE_UP}:{port}".encode() in heads[0].lower()
+        )
+        # Refused on .2 (the server is bound to .1 only), then the next address.
+        response = await client.post(target, content=b"{}", extensions={CONNECT_ADDRESSES: ("127.0.0.2", "127.0.0.1")})
+        assert response.status_code == 200 and len(heads) == 2
+        with pytest.raises(httpx.ConnectError):
+            await client.post(target, content=b"{}", extensions={CONNECT_ADDRESSES: ("127.0.0.3",)})
+        with pytest.raises(httpx.ConnectError):
+            await client.post(target, content=b"{}")  # unpinned: the name is looked up, and resolves nowhere
+        assert len(heads) == 2
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_pinned_request_never_follows_a_redirect() -> None:
+    redirect = b"HTTP/1.1 302 Found\r\nLocation: http://elsewhere.example/x\r\nContent-Length: 0\r\n\r\n"
+    server, url, heads = await _recording_server(redirect)
+    client = make_http_client(Settings())
+    pin = {CONNECT_ADDRESSES: ("127.0.0.1",)}
+    try:
+        with pytest.raises(ValueError, match="must not follow redirects"):
+            await client.get(url + "/hook", extensions=pin, follow_redirects=True)
+        assert heads == []
+        response = await client.get(url + "/hook", extensions=pin)
+        assert response.status_code == 302 and response.request.extensions[CONNECT_ADDRESSES] == ("127.0.0.1",)
+        # Sending next_request by hand would not carry the pin to a host nobody checked.
+        assert response.next_request is not None and CONNECT_ADDRESSES not in response.next_request.extensions
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_transport_that_cannot_pin_refuses_a_pinned_request() -> None:
+    server, url, heads = await _recording_server(COOKIE_ANSWER)
+    client = HubClient()  # httpx's plain transport: it would resolve the name again
+    try:
+        with pytest.raises(ValueError, match="cannot honour"):
+            await client.get(url, extensions={CONNECT_ADDRESSES: ("127.0.0.1",)})
+        assert heads == []
+        assert (await client.get(url)).status_code == 200  # unpinned requests are its business as usual
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()

@@ -20,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from omni_core.http_transport import PooledTransport
+from omni_core.http_client import HttpxPinningTransport, HubClient
+from omni_core.http_transport import CONNECT_ADDRESSES, PooledTransport
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 
@@ -734,8 +735,8 @@ async def test_transport_close_closes_every_connection() -> None:
 # -- TLS ------------------------------------------------------------------------------------------
 
 
-def self_signed(directory: Path) -> tuple[Path, Path] | None:
-    """A cert for localhost/127.0.0.1: with `cryptography` if installed, else the openssl CLI."""
+def self_signed(directory: Path, name: str = "localhost", with_ip: bool = True) -> tuple[Path, Path] | None:
+    """A cert for ``name`` (and 127.0.0.1 when ``with_ip``): with `cryptography` if installed, else the openssl CLI."""
     cert, key = directory / "cert.pem", directory / "key.pem"
     try:
         import datetime
@@ -751,28 +752,28 @@ def self_signed(directory: Path) -> tuple[Path, Path] | None:
         subprocess.run(
             [
                 *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
-                *("-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)),
-                *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+                *("-nodes", "-days", "1", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert)),
+                *("-addext", f"subjectAltName=DNS:{name}" + (",IP:127.0.0.1" if with_ip else "")),
             ],
             check=True,
             capture_output=True,
         )
         return cert, key
     private = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    alt_names: list[x509.GeneralName] = [x509.DNSName(name)]
+    if with_ip:
+        alt_names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+        .subject_name(subject)
+        .issuer_name(subject)
         .public_key(private.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .sign(private, hashes.SHA256())
     )
     cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
@@ -808,6 +809,108 @@ async def test_tls_round_trip(tls_files: tuple[Path, Path]) -> None:
     async with serving(app(echo), server_ctx) as (_, client):  # default verification: untrusted cert
         with pytest.raises(httpx.ConnectError):
             await client.get("/")
+
+
+# -- pinned addresses (CONNECT_ADDRESSES) -----------------------------------------------------------
+
+#: A name that never resolves (RFC 6761): a request to it that succeeds cannot have looked it up.
+MADE_UP = "receiver.omni-test.invalid"
+
+
+def pinned(*addresses: object) -> dict[str, object]:
+    return {CONNECT_ADDRESSES: addresses}
+
+
+async def echo_host(request: Request) -> bytes:
+    return reply(request.headers["host"].encode())
+
+
+async def test_a_pinned_request_connects_to_its_addresses_in_order_and_keeps_the_host() -> None:
+    async with serving(app(echo_host)) as (server, client):
+        url = f"http://{MADE_UP}:{server.port}/x"
+        assert (await client.get(url, extensions=pinned("127.0.0.1"))).text == f"{MADE_UP}:{server.port}"
+        # Nothing listens on 127.0.0.2 (the server is bound to 127.0.0.1): refused, then the next one.
+        assert (await client.get(url, extensions=pinned("127.0.0.2", "127.0.0.1"))).status_code == 200
+        assert server.accepted == 2
+        with pytest.raises(httpx.ConnectError, match=r"127\.0\.0\.2"):
+            await client.get(url, extensions=pinned("127.0.0.2"))
+        with pytest.raises(httpx.ConnectError):
+            await client.get(url)  # unpinned, the name is looked up, and it resolves nowhere
+        assert server.accepted == 2
+
+
+async def test_pinned_and_unpinned_requests_never_share_a_connection() -> None:
+    async with serving(app(echo_path)) as (server, client):
+        transport = client._transport
+        assert isinstance(transport, PooledTransport)
+        url = f"http://localhost:{server.port}"
+        await client.get(url + "/plain")
+        # The idle connection to what ``localhost`` resolved to is not used for a request pinned elsewhere.
+        with pytest.raises(httpx.ConnectError):
+            await client.get(url + "/elsewhere", extensions=pinned("127.0.0.3"))
+        assert server.accepted == 1
+        await client.get(url + "/pinned", extensions=pinned("127.0.0.1"))
+        assert server.accepted == 2  # its own connection, although the plain one was idle
+        assert (await client.get(url + "/plain")).text == "/plain"
+        assert (await client.get(url + "/pinned", extensions=pinned("127.0.0.1"))).text == "/pinned"
+        assert server.accepted == 2 and idle_connections(client) == 2  # each kept alive in its own pool
+        # A new address set for the origin retires the unused pool of the old one (its idle
+        # connection closes); the unpinned pool is left alone.
+        await client.get(url + "/moved", extensions=pinned("127.0.0.2", "127.0.0.1"))
+        await server.wait_finished(1)
+        assert server.accepted == 3 and idle_connections(client) == 2 and len(transport._pools) == 2
+        await client.get(url + "/plain")
+        assert server.accepted == 3
+
+
+async def test_pinned_addresses_must_be_ip_addresses() -> None:
+    async with serving(app(echo_path)) as (server, client):
+        for bad in (pinned("localhost"), pinned(), {CONNECT_ADDRESSES: "127.0.0.1"}, pinned("127.0.0.1", 7)):
+            with pytest.raises(ValueError, match=CONNECT_ADDRESSES):
+                await client.get("/", extensions=bad)
+        assert server.accepted == 0
+
+
+@pytest.fixture(scope="module")
+def made_up_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A certificate for MADE_UP only: no IP address in it, so only the hostname can verify."""
+    files = self_signed(tmp_path_factory.mktemp("tls-made-up"), MADE_UP, with_ip=False)
+    if files is None:
+        pytest.skip("no way to make a test certificate: neither `cryptography` nor the openssl CLI is available")
+    return files
+
+
+@pytest.mark.parametrize("kind", ["pooled", "httpx"])
+async def test_pinned_tls_uses_the_hostname_for_sni_and_the_certificate(
+    made_up_tls: tuple[Path, Path], kind: str
+) -> None:
+    """Both transports the hub's client may run on: its own, and httpx's (``OMNI_HTTP_TRANSPORT=httpx``)."""
+    cert, key = made_up_tls
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    server_names: list[str | None] = []
+    server_ctx.sni_callback = lambda sock, name, ctx: server_names.append(name)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    transport = PooledTransport(verify=client_ctx) if kind == "pooled" else HttpxPinningTransport(verify=client_ctx)
+    client = HubClient(transport=transport)
+    async with Server(app(echo_host), server_ctx) as server, client:
+        url = f"https://{MADE_UP}:{server.port}/x"
+        response = await client.get(url, extensions=pinned("127.0.0.1"))
+        assert response.status_code == 200 and response.text == f"{MADE_UP}:{server.port}"
+        assert server_names == [MADE_UP]
+        # The certificate is checked against the URL's name: another name on the same address fails,
+        # also right after a connection to that address was verified for the first name.
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"https://other.omni-test.invalid:{server.port}/x", extensions=pinned("127.0.0.1"))
+        response = await client.get(url, extensions=pinned("127.0.0.2", "127.0.0.1"))  # .2: refused, then .1
+        assert response.text == f"{MADE_UP}:{server.port}" and server_names == [
+            MADE_UP,
+            "other.omni-test.invalid",
+            MADE_UP,
+        ]
+        with pytest.raises(httpx.ConnectError):
+            await client.get(url)  # unpinned: the made-up name resolves nowhere
+        assert server.accepted == 2  # the refused handshake never reached the server's handler
 
 
 # -- properties -----------------------------------------------------------------------------------
