@@ -51,6 +51,9 @@ def _serve(settings: Settings) -> int:
         loop=loop,
         http=JoinedWritesHttpToolsProtocol,
         log_level="warning",
+        # uvicorn's own records (invalid requests, errors escaping the app) propagate to the
+        # hub's handler (omni_core.logs): JSON and scrubbed, not uvicorn's plain-text default.
+        log_config=None,
         access_log=False,
         timeout_graceful_shutdown=15,
     )

@@ -56,7 +56,11 @@ class Metrics:
         )
         self.dead = Counter("omni_jobs_dead", "Jobs that died", ["kind"], registry=r)
         self.queue_depth = Gauge("omni_queue_depth", "Jobs queued or running", registry=r)
-        self.queue_oldest = Gauge("omni_queue_oldest_age_seconds", "Age of the oldest unfinished job", registry=r)
+        self.queue_oldest = Gauge(
+            "omni_queue_oldest_age_seconds",
+            "How long the longest-waiting due job has been due (jobs waiting for a retry are not due)",
+            registry=r,
+        )
         self.dead_jobs = Gauge("omni_dead_jobs", "Dead jobs kept for inspection or retry", registry=r)
         self.instance_up = Gauge(
             "omni_instance_connected",

@@ -375,7 +375,14 @@ class Pipeline:
             webhooks = await self.store.list_webhooks(message.tenant)
             for part in parts:
                 items.append(
-                    (part, [self._deliver_job(part), *message_event_jobs(webhooks, part, self.webhook_attempts)])
+                    (
+                        part,
+                        # The route step's trace context: the delivery span joins the message's trace.
+                        [
+                            self._deliver_job(part, traceparent),
+                            *message_event_jobs(webhooks, part, self.webhook_attempts),
+                        ],
+                    )
                 )
         return items
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import socket
 import time
 
 import httpx
@@ -206,3 +208,51 @@ def test_opentelemetry_spans_are_exported_and_reach_hive(
     # The agent call is a child of the webhook's trace: the trace id appears in the exported spans.
     trace_id = bytes.fromhex(traceparent.split("-")[1])
     assert any(trace_id in r.raw for r in receiver.requests_to("/otlp/v1/traces"))
+
+
+def exported_spans(receiver: FakeReceiver) -> list[tuple[str, bytes, bytes, bytes]]:
+    """(name, trace id, span id, parent span id) of every span the hub exported over OTLP/HTTP."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    spans = []
+    for request in receiver.requests_to("/otlp/v1/traces"):
+        export = ExportTraceServiceRequest()
+        export.ParseFromString(request.raw)
+        for resource in export.resource_spans:
+            for scope in resource.scope_spans:
+                spans += [(s.name, s.trace_id, s.span_id, s.parent_span_id) for s in scope.spans]
+    return spans
+
+
+def test_the_reply_delivery_joins_the_message_trace(
+    hub_factory: HubFactory, hive: FakeHive, evolution: FakeEvolution, receiver: FakeReceiver
+) -> None:
+    hub = hub_factory(
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url + "/otlp", OTEL_BSP_SCHEDULE_DELAY="100", OTEL_SERVICE_NAME="omni-test"
+    )
+    tenant = setup_tenant(hub)
+    post_webhook(hub, tenant, evo.upsert("acme-sales", "rastreado ate o fim"))
+    evolution.wait_for(1, timeout=10)
+
+    def complete() -> list[tuple[str, bytes, bytes, bytes]] | None:
+        spans = exported_spans(receiver)
+        return spans if {"omni.webhook", "omni.route", "omni.deliver"} <= {s[0] for s in spans} else None
+
+    spans = wait_until(complete, timeout=10, what="webhook, route and deliver spans")
+    [webhook] = [s for s in spans if s[0] == "omni.webhook"]
+    [route] = [s for s in spans if s[0] == "omni.route"]
+    [deliver] = [s for s in spans if s[0] == "omni.deliver"]
+    assert deliver[1] == webhook[1]  # one trace from the webhook to the reply's delivery
+    assert deliver[3] == route[2]  # the delivery is the route step's child
+
+
+def test_uvicorn_lines_are_hub_json_lines(hub: HubProcess) -> None:
+    with socket.create_connection(("127.0.0.1", hub.port), timeout=5) as conn:
+        conn.sendall(b"NOT HTTP AT ALL\x00\r\n\r\n")
+        conn.recv(1024)  # uvicorn answers 400 and closes
+    line = wait_until(
+        lambda: next((r for r in map(json.loads, hub.logs().splitlines()) if r.get("logger") == "uvicorn.error"), None),
+        what="uvicorn's warning in the hub log",
+    )
+    assert line["level"] == "warning" and "Invalid HTTP request" in line["event"]
+    assert all(json.loads(text) for text in hub.logs().splitlines() if text.strip())  # every line is JSON
