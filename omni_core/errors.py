@@ -7,7 +7,7 @@ plugins raise from route/deliver/lifecycle calls so the queue knows whether to r
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 
 class ApiError(Exception):
@@ -70,3 +70,11 @@ def parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if seconds >= 0 else None
+
+
+#: The answer when the database is unreachable or out of capacity (``Store.unavailable``).
+STORE_UNAVAILABLE: dict[str, Any] = {
+    "error": {"code": "store_unavailable", "message": "the database is unavailable right now; retry later"}
+}
+#: Seconds a client should wait before retrying a 503 (``Retry-After``).
+RETRY_AFTER_S = "1"

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, unquote
 import msgspec
 import structlog
 
-from omni_core.errors import ApiError
+from omni_core.errors import RETRY_AFTER_S, STORE_UNAVAILABLE, ApiError
 
 if TYPE_CHECKING:
     from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
@@ -131,15 +131,19 @@ class WebhookDispatcher:
         except ApiError as exc:
             status, payload = exc.status, {"error": {"code": exc.code, "message": exc.message}}
         except Exception as exc:
-            log.error("webhook_handler_failed", path=path, error=repr(exc), exc_info=exc)
-            status = 500
-            payload = {"error": {"code": "internal_error", "message": "the hub hit an internal error; see its logs"}}
+            if hub.store.unavailable(exc):  # nothing was stored: the sender's retry is what we want
+                log.warning("store_unavailable", path=path, error=repr(exc))
+                status, payload = 503, STORE_UNAVAILABLE
+            else:
+                log.error("webhook_handler_failed", path=path, error=repr(exc), exc_info=exc)
+                status = 500
+                message = "the hub hit an internal error; see its logs"
+                payload = {"error": {"code": "internal_error", "message": message}}
         data = _encode(payload)
-        start: HTTPResponseStartEvent = {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
-        }
+        head = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+        if status == 503:
+            head.append((b"retry-after", RETRY_AFTER_S.encode()))
+        start: HTTPResponseStartEvent = {"type": "http.response.start", "status": status, "headers": head}
         await send(start)
         body_event: HTTPResponseBodyEvent = {"type": "http.response.body", "body": data, "more_body": False}
         await send(body_event)

@@ -10,7 +10,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
 from omni_core.auth import Principal
-from omni_core.errors import ApiError
+from omni_core.errors import RETRY_AFTER_S, STORE_UNAVAILABLE, ApiError
 from omni_core.hub import Hub
 
 T = TypeVar("T")
@@ -77,6 +77,9 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if provide_hub(request).store.unavailable(exc):
+        log.warning("store_unavailable", path=request.url.path, error=repr(exc))
+        return Response(STORE_UNAVAILABLE, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
     # The detail goes to the log only; clients get a stable, content-free answer.
     log.error("unhandled_error", path=request.url.path, error=repr(exc), exc_info=exc)
     return Response(error_body("internal_error", "the hub hit an internal error; see its logs"), status_code=500)

@@ -148,6 +148,12 @@ class Store(ABC):
     #: the lane, including one whose transaction has not committed yet.
     serialized_writes: bool = False
 
+    def unavailable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the database cannot be reached or is out of capacity for now (a
+        retry later may succeed), as opposed to a bug: the API then answers ``503`` instead of
+        ``500``, and webhook senders retry."""
+        return False
+
     # --- life -----------------------------------------------------------------------------------
     @abstractmethod
     async def open(self) -> None:

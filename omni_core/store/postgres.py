@@ -188,7 +188,22 @@ def _job_args(job: NewJob, tenant: str, message_id: str | None, now: str) -> tup
     )
 
 
+#: Errors that mean the server is unreachable, shutting down or out of connections/resources.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.PostgresConnectionError,  # class 08
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, cannot connect now, canceled
+    asyncpg.exceptions.InterfaceError,  # the connection was closed under the query
+    ConnectionError,
+    TimeoutError,  # connecting, or waiting for a pooled connection
+    OSError,
+)
+
+
 class PostgresStore(Store):
+    def unavailable(self, exc: BaseException) -> bool:
+        return isinstance(exc, _UNAVAILABLE)
+
     def __init__(self, dsn: str, *, pool_size: int = 20) -> None:
         self.dsn = dsn
         self.pool_size = pool_size

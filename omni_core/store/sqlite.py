@@ -73,7 +73,7 @@ from omni_core.store.rows import (
     where,
 )
 from omni_core.store.sqlite_writer import GroupCommitWriter, WriteOp, WriterConnection, flush_rows, insert_rows
-from omni_core.store.sqlite_writer_process import ProcessWriter
+from omni_core.store.sqlite_writer_process import ProcessWriter, WriterProcessError
 
 T = TypeVar("T")
 log = structlog.get_logger("omni.store")
@@ -123,10 +123,19 @@ def configure(conn: sqlite3.Connection, synchronous: str) -> None:
     conn.execute("PRAGMA cache_size=-65536")
 
 
+#: SQLite errors that a later retry may not meet (a lock held past busy_timeout, a full disk).
+_UNAVAILABLE_SQLITE = ("database is locked", "disk i/o error", "database or disk is full", "unable to open")
+
+
 class SqliteStore(Store):
     #: One writer connection runs every write in order (group commit), so a lane check inside a
     #: write sees all earlier inserts: direct dispatch keeps each chat in order.
     serialized_writes = True
+
+    def unavailable(self, exc: BaseException) -> bool:
+        if isinstance(exc, WriterProcessError):  # the writer process died; a new one takes over
+            return True
+        return isinstance(exc, sqlite3.OperationalError) and str(exc).lower().startswith(_UNAVAILABLE_SQLITE)
 
     def __init__(self, path: str, *, synchronous: str = "FULL", writer: str = "process") -> None:
         self.path = path
