@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from types import SimpleNamespace
 from typing import Any, cast
 
 from omni_core.errors import ApiError
 from omni_core.hub import Hub
+from omni_core.store.sqlite import SqliteStore
 from omni_core.webhook_route import WebhookDispatcher, WebhookRequest, webhook_route
 
 
@@ -16,11 +18,14 @@ async def _echo(hub: Hub, request: WebhookRequest) -> tuple[int, Any]:
         raise ApiError(422, "bad_thing", "the body says boom")
     if request.body == b"crash":
         raise RuntimeError("a bug in the handler, with a secret inside: sk-123")
+    if request.body == b"locked":
+        raise sqlite3.OperationalError("database is locked")
     return 200, {"params": request.path_params, "query": request.query, "body": request.body.decode()}
 
 
 def _dispatcher(max_body: int = 100) -> WebhookDispatcher:
-    hub = cast(Hub, SimpleNamespace(settings=SimpleNamespace(max_body_bytes=max_body)))
+    # A real (unopened) store: the dispatcher asks it whether an error means "unavailable".
+    hub = cast(Hub, SimpleNamespace(settings=SimpleNamespace(max_body_bytes=max_body), store=SqliteStore(":memory:")))
     routes = [
         webhook_route("/webhooks/x/{tenant_id}", _echo, name="x_tenant"),
         webhook_route("/webhooks/x", _echo, name="x"),
@@ -90,3 +95,5 @@ async def test_wrong_paths_methods_and_bodies_get_json_errors() -> None:
     status, body = await _call(d, "POST", "/webhooks/x/acme", b"crash")
     assert status == 500 and body["error"]["code"] == "internal_error"
     assert "sk-123" not in json.dumps(body)  # a handler's exception text never reaches the caller
+    status, body = await _call(d, "POST", "/webhooks/x/acme", b"locked")
+    assert status == 503 and body["error"]["code"] == "store_unavailable"
