@@ -49,6 +49,8 @@ CORE_ROUTES: list[Any] = [
     tenants.get_tenant,
     tenants.patch_tenant,
     tenants.delete_tenant,
+    tenants.rotate_api_key,
+    tenants.rotate_webhook_secret,
     instances.create_instance,
     instances.list_instances,
     instances.get_instance,

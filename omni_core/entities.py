@@ -83,14 +83,26 @@ class Tenant(msgspec.Struct, kw_only=True):
     name: str
     config: dict[str, Any] = msgspec.field(default_factory=dict)
     webhook_secret: str = ""
+    #: The secret replaced by the last rotation, accepted until ``previous_valid_until`` (epoch).
+    webhook_secret_previous: str | None = None
+    previous_valid_until: float | None = None
     created_at: str = ""
     updated_at: str = ""
+
+    def webhook_secrets_in_use(self, now: float) -> list[str]:
+        """The current inbound webhook secret, plus the previous one while its rotation overlap lasts."""
+        current = [self.webhook_secret] if self.webhook_secret else []
+        if self.webhook_secret_previous and self.previous_valid_until and now < self.previous_valid_until:
+            return [*current, self.webhook_secret_previous]
+        return current
 
     def public(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "name": self.name,
             "config": redact(self.config),
+            # When the previous inbound webhook secret stops working (never the secret itself).
+            "webhook_secret_overlap_until": self.previous_valid_until if self.webhook_secret_previous else None,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }

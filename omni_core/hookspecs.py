@@ -8,6 +8,7 @@ group and decorate functions with :data:`omni_core.hookimpl`. The hub calls:
 * ``omni_route`` from the queue, to hand an inbound message to an agent backend;
 * ``omni_deliver`` from the queue, to send an outbound message on a channel;
 * ``omni_instance_*`` from the instances API, to manage the account on the channel's server;
+* ``omni_tenant_secret_rotated`` from the tenants API, to hand a new webhook secret to the channel's server;
 * ``omni_startup`` / ``omni_shutdown`` around the hub's life.
 
 Hooks that do I/O follow one convention, because pluggy itself is synchronous: the
@@ -105,6 +106,18 @@ def omni_instance_qr(hub: Hub, instance: Instance) -> Awaitable[QrCode] | None:
 @hookspec(firstresult=True)
 def omni_instance_delete(hub: Hub, instance: Instance) -> Awaitable[None] | None:
     """Remove the instance from the channel's server."""
+
+
+@hookspec(firstresult=True)
+def omni_tenant_secret_rotated(hub: Hub, tenant: Tenant, instance: Instance) -> Awaitable[None] | None:
+    """Point ``instance``'s webhooks on the channel's server at ``tenant``'s new webhook secret.
+
+    Called by ``POST /tenants/{id}/rotate-webhook-secret`` after the new secret is stored
+    (``tenant.webhook_secret``), once per instance of the tenant, concurrently; ``None`` when not
+    your channel or when the channel does not authenticate with that secret. Raise on failure:
+    the hub logs it and lists the instance in ``instances_not_updated`` (the previous secret
+    stays valid for the overlap the caller chose, so events keep arriving meanwhile).
+    """
 
 
 @hookspec

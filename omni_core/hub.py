@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -120,14 +121,20 @@ class Hub:
     ) -> None:
         """401 unless the request carries the tenant's webhook secret (header or ``?token=``).
 
-        Compared in constant time so the secret cannot be guessed byte by byte.
+        During a rotation's overlap the previous secret is accepted too. Compared in constant time
+        against every secret in use, without stopping at a match, so timing reveals neither secret.
         """
         provided = headers.get(header) or query.get("token")
         if isinstance(provided, list):
             provided = provided[0] if provided else None
-        if not provided or not tenant.webhook_secret:
+        in_use = tenant.webhook_secrets_in_use(time.time())
+        if not provided or not in_use:
             raise ApiError(401, "missing_webhook_token", f"webhook token required in header {header} or ?token=")
-        if not hmac.compare_digest(str(provided).encode(), tenant.webhook_secret.encode()):
+        token = str(provided).encode()
+        matched = False
+        for secret in in_use:
+            matched |= hmac.compare_digest(token, secret.encode())
+        if not matched:
             raise ApiError(401, "invalid_webhook_token", "webhook token does not match this tenant")
 
     # --- the pipeline ---------------------------------------------------------------------------

@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
+import time
+from typing import Annotated, Any
 
 import msgspec
+import structlog
 from litestar import Request, delete, get, patch, post
 
 from omni_core.api.common import parse_body
 from omni_core.auth import Principal, hash_key, new_tenant_key, new_webhook_secret
-from omni_core.entities import Tenant, merge_config
+from omni_core.entities import Instance, Tenant, merge_config
 from omni_core.errors import ApiError
 from omni_core.hub import Hub
 from omni_core.ids import new_id
 from omni_core.model import now_iso
 
 TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: Longest a rotated-out webhook secret may stay valid: a week.
+MAX_OVERLAP_SECONDS = 7 * 24 * 3600
+#: How long one channel server gets to take a tenant's new webhook secret.
+SECRET_UPDATE_TIMEOUT_S = 30
+
+log = structlog.get_logger("omni.api")
 
 
 class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -29,6 +37,11 @@ class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):
 class TenantPatch(msgspec.Struct, forbid_unknown_fields=True):
     name: str | None = None
     config: dict[str, Any] | None = None
+
+
+class SecretRotation(msgspec.Struct, forbid_unknown_fields=True):
+    #: How long the previous secret stays valid; None: OMNI_WEBHOOK_SECRET_OVERLAP_SECONDS.
+    overlap_seconds: Annotated[int, msgspec.Meta(ge=0, le=MAX_OVERLAP_SECONDS)] | None = None
 
 
 def _check_name(name: str) -> str:
@@ -112,3 +125,58 @@ async def delete_tenant(tenant_id: str, hub: Hub, principal: Principal) -> dict[
             leftovers.append({"instance": instance.name, "error": getattr(exc, "message", None) or type(exc).__name__})
     await hub.store.delete_tenant(tenant_id)
     return {"status": "deleted", "id": tenant_id, "instances_not_removed": leftovers}
+
+
+@post("/tenants/{tenant_id:str}/rotate-api-key", status_code=200)
+async def rotate_api_key(tenant_id: str, hub: Hub, principal: Principal) -> dict[str, Any]:
+    await visible_tenant(hub, principal, tenant_id)
+    api_key = new_tenant_key()
+    if not await hub.store.set_tenant_api_key(tenant_id, hash_key(api_key), now_iso()):
+        raise ApiError(404, "unknown_tenant", f"no tenant with id {tenant_id!r}")
+    log.info("tenant_api_key_rotated", tenant=tenant_id, by="admin" if principal.admin else "tenant")
+    # The only time the new key is shown; the old one no longer authenticates.
+    return {"id": tenant_id, "api_key": api_key}
+
+
+@post("/tenants/{tenant_id:str}/rotate-webhook-secret", status_code=200)
+async def rotate_webhook_secret(
+    tenant_id: str, request: Request[Any, Any, Any], hub: Hub, principal: Principal
+) -> dict[str, Any]:
+    await visible_tenant(hub, principal, tenant_id)
+    # The body is optional: no body means the configured overlap.
+    options = await parse_body(request, hub, SecretRotation) if (await request.body()).strip() else SecretRotation()
+    overlap: float = hub.settings.webhook_secret_overlap_seconds
+    if options.overlap_seconds is not None:
+        overlap = options.overlap_seconds
+    valid_until = time.time() + overlap if overlap > 0 else None
+    tenant = await hub.store.rotate_tenant_webhook_secret(tenant_id, new_webhook_secret(), valid_until, now_iso())
+    if tenant is None:
+        raise ApiError(404, "unknown_tenant", f"no tenant with id {tenant_id!r}")
+    log.info("tenant_webhook_secret_rotated", tenant=tenant_id, overlap_seconds=overlap)
+    not_updated = await _hand_out_secret(hub, tenant)
+    # The only time the new secret is shown.
+    return {
+        "id": tenant.id,
+        "webhook_secret": tenant.webhook_secret,
+        "previous_valid_until": tenant.previous_valid_until,
+        "instances_not_updated": not_updated,
+    }
+
+
+async def _hand_out_secret(hub: Hub, tenant: Tenant) -> list[str]:
+    """Give the new secret to every channel server that sends this tenant's webhooks (best effort:
+    the previous secret covers the gap); the names of the instances that could not take it."""
+
+    async def update(instance: Instance) -> str | None:
+        try:
+            pending = hub.pm.hook.omni_tenant_secret_rotated(hub=hub, tenant=tenant, instance=instance)
+            if pending is not None:
+                await asyncio.wait_for(pending, SECRET_UPDATE_TIMEOUT_S)
+        except Exception as exc:
+            error = getattr(exc, "message", None) or type(exc).__name__
+            log.warning("tenant_secret_not_updated", tenant=tenant.id, instance=instance.name, error=error)
+            return instance.name
+        return None
+
+    names = await asyncio.gather(*(update(i) for i in await hub.store.list_instances(tenant.id)))
+    return [name for name in names if name is not None]

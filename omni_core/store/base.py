@@ -187,6 +187,21 @@ class Store(ABC):
     async def update_tenant(self, tenant: Tenant) -> None: ...
 
     @abstractmethod
+    async def set_tenant_api_key(self, tenant_id: str, api_key_hash: str, now: str) -> bool:
+        """Replace the tenant's API key hash; False when absent. The old key stops authenticating
+        at once in every process on this database (cached key hashes are dropped)."""
+
+    @abstractmethod
+    async def rotate_tenant_webhook_secret(
+        self, tenant_id: str, secret: str, previous_valid_until: float | None, now: str
+    ) -> Tenant | None:
+        """Make ``secret`` the tenant's inbound webhook secret; the updated tenant, None when absent.
+
+        The secret it replaces (read in the same statement, so concurrent rotations chain) stays
+        valid until ``previous_valid_until`` (epoch seconds); ``None`` drops it at once.
+        """
+
+    @abstractmethod
     async def delete_tenant(self, tenant_id: str) -> bool:
         """Delete the tenant and everything it owns; False when absent."""
 

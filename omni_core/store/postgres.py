@@ -363,12 +363,16 @@ class PostgresStore(Store):
     async def tenant_by_key_hash(self, api_key_hash: str) -> Tenant | None:
         tenant_id = self._key_cache.get(api_key_hash)
         if tenant_id is None:
+            generation = self._cache_generation
             tenant_id = await self._require_pool().fetchval(
                 "SELECT id FROM tenants WHERE api_key_hash = $1", api_key_hash
             )
             if tenant_id is None:
                 return None
-            self._key_cache[api_key_hash] = tenant_id
+            # A read that raced with a key rotation (here or, via omni_cache, on another replica)
+            # must not cache the old key again: this cache has no TTL.
+            if generation == self._cache_generation:
+                self._key_cache[api_key_hash] = tenant_id
         return await self.get_tenant(tenant_id)
 
     async def list_tenants(self) -> list[Tenant]:
@@ -385,6 +389,32 @@ class PostgresStore(Store):
             tenant.id,
         )
         self._invalidate()
+
+    async def set_tenant_api_key(self, tenant_id: str, api_key_hash: str, now: str) -> bool:
+        # Other replicas drop their key caches on the omni_cache notice of tenants_notify.
+        self._invalidate()
+        status = await self._require_pool().execute(
+            "UPDATE tenants SET api_key_hash = $1, updated_at = $2 WHERE id = $3", api_key_hash, now, tenant_id
+        )
+        self._invalidate()
+        return bool(status.endswith(" 1"))
+
+    async def rotate_tenant_webhook_secret(
+        self, tenant_id: str, secret: str, previous_valid_until: float | None, now: str
+    ) -> Tenant | None:
+        self._invalidate()
+        # SET expressions see the row as it was, so the previous secret is the one replaced here.
+        row = await self._require_pool().fetchrow(
+            "UPDATE tenants SET webhook_secret_previous = CASE WHEN $1::double precision IS NULL THEN NULL"
+            " ELSE webhook_secret END, webhook_secret_previous_until = $1, webhook_secret = $2, updated_at = $3"
+            f" WHERE id = $4 RETURNING {TENANT_COLUMNS}",
+            previous_valid_until,
+            secret,
+            now,
+            tenant_id,
+        )
+        self._invalidate()
+        return tenant_from_row(row) if row is not None else None
 
     async def delete_tenant(self, tenant_id: str) -> bool:
         async with self._require_pool().acquire() as conn, conn.transaction():

@@ -102,10 +102,14 @@ def tenant_from_row(row: Sequence[Any]) -> Tenant:
         webhook_secret=row[3],
         created_at=row[4],
         updated_at=row[5],
+        webhook_secret_previous=row[6],
+        previous_valid_until=row[7],
     )
 
 
-TENANT_COLUMNS = "id, name, config, webhook_secret, created_at, updated_at"
+TENANT_COLUMNS = (
+    "id, name, config, webhook_secret, created_at, updated_at, webhook_secret_previous, webhook_secret_previous_until"
+)
 INSTANCE_COLUMNS = (
     "id, tenant_id, name, channel, config, state, state_reason, qrcode_base64, qrcode_code, pairing_code, "
     "profile, created_at, updated_at"

@@ -255,10 +255,14 @@ class SqliteStore(Store):
     async def tenant_by_key_hash(self, api_key_hash: str) -> Tenant | None:
         tenant_id = self._key_cache.get(api_key_hash)
         if tenant_id is None:
+            generation = self._cache_generation
             row = await self._fetchone("SELECT id FROM tenants WHERE api_key_hash = ?", (api_key_hash,))
             if row is None:
                 return None
-            tenant_id = self._key_cache[api_key_hash] = row[0]
+            tenant_id = row[0]
+            # A read that raced with a key rotation must not cache the old key again.
+            if generation == self._cache_generation:
+                self._key_cache[api_key_hash] = tenant_id
         return await self.get_tenant(tenant_id)
 
     async def list_tenants(self) -> list[Tenant]:
@@ -269,6 +273,20 @@ class SqliteStore(Store):
 
         await self._write(_write_update_tenant, tenant)
         self._invalidate()
+
+    async def set_tenant_api_key(self, tenant_id: str, api_key_hash: str, now: str) -> bool:
+        self._invalidate()
+        updated = bool(await self._write(_write_set_tenant_api_key, tenant_id, api_key_hash, now))
+        self._invalidate()
+        return updated
+
+    async def rotate_tenant_webhook_secret(
+        self, tenant_id: str, secret: str, previous_valid_until: float | None, now: str
+    ) -> Tenant | None:
+        self._invalidate()
+        row = await self._write(_write_rotate_tenant_webhook_secret, tenant_id, secret, previous_valid_until, now)
+        self._invalidate()
+        return tenant_from_row(row) if row is not None else None
 
     async def delete_tenant(self, tenant_id: str) -> bool:
         deleted = bool(await self._write(_write_delete_tenant, tenant_id))
@@ -735,6 +753,24 @@ def _write_update_tenant(db: sqlite3.Connection, tenant: Tenant) -> None:
         "UPDATE tenants SET name = ?, config = ?, updated_at = ? WHERE id = ?",
         (tenant.name, json_encode(tenant.config), tenant.updated_at, tenant.id),
     )
+
+
+def _write_set_tenant_api_key(db: sqlite3.Connection, tenant_id: str, api_key_hash: str, now: str) -> bool:
+    cur = db.execute("UPDATE tenants SET api_key_hash = ?, updated_at = ? WHERE id = ?", (api_key_hash, now, tenant_id))
+    return cur.rowcount == 1
+
+
+def _write_rotate_tenant_webhook_secret(
+    db: sqlite3.Connection, tenant_id: str, secret: str, previous_valid_until: float | None, now: str
+) -> tuple[Any, ...] | None:
+    # SET expressions see the row as it was, so the previous secret is the one replaced here.
+    row = db.execute(
+        "UPDATE tenants SET webhook_secret_previous = CASE WHEN ? IS NULL THEN NULL ELSE webhook_secret END,"
+        " webhook_secret_previous_until = ?, webhook_secret = ?, updated_at = ? WHERE id = ?"
+        f" RETURNING {TENANT_COLUMNS}",
+        (previous_valid_until, previous_valid_until, secret, now, tenant_id),
+    ).fetchone()
+    return tuple(row) if row is not None else None
 
 
 def _write_delete_tenant(db: sqlite3.Connection, tenant_id: str) -> bool:

@@ -34,6 +34,7 @@ from omni_whatsapp_evolution.wire import (
     build_instance_create_body,
     build_send_media_body,
     build_send_text_body,
+    build_webhook_set_body,
     error_detail,
     error_message,
     evolution_config,
@@ -573,6 +574,7 @@ def test_io_hooks_decline_other_channels() -> None:
     assert plugin.omni_instance_status(hub=hub, instance=other) is None
     assert plugin.omni_instance_qr(hub=hub, instance=other) is None
     assert plugin.omni_instance_delete(hub=hub, instance=other) is None
+    assert plugin.omni_tenant_secret_rotated(hub=hub, tenant=Tenant(id=TENANT, name="t"), instance=other) is None
 
 
 def test_channel_and_address_hooks() -> None:
@@ -947,6 +949,24 @@ def test_instance_create_body_is_exact() -> None:
     }
     assert build_instance_create_body(INSTANCE, "u", "t", qrcode=False)["qrcode"] is False
     assert list(WEBHOOK_EVENTS) == body["webhook"]["events"]
+
+
+def test_build_webhook_set_body_re_sets_the_creation_webhook_with_a_new_token() -> None:
+    url = "https://omni.example.org/webhooks/evolution/ten_1"
+    body = build_webhook_set_body(url, "whsec_2")
+    # v2.2+ shape of POST /webhook/set/{instance}: nested, `enabled` and `url` required.
+    assert body == {
+        "webhook": {
+            "enabled": True,
+            "url": url,
+            "byEvents": False,
+            "base64": False,
+            "headers": {"x-omni-webhook-token": "whsec_2"},
+            "events": list(WEBHOOK_EVENTS),
+        }
+    }
+    created = build_instance_create_body(INSTANCE, url, "whsec_2")["webhook"]
+    assert {k: v for k, v in body["webhook"].items() if k != "enabled"} == created
 
 
 @pytest.mark.parametrize(

@@ -156,6 +156,14 @@ async def create_instance(hub: Hub, tenant: Tenant, instance: Instance, options:
         raise PermanentError(f"evolution instance/create: {exc}") from None
 
 
+async def set_webhook(hub: Hub, tenant: Tenant, instance: Instance) -> None:
+    """Re-set the instance's webhook as :func:`create_instance` does, carrying the tenant's current secret."""
+    client = EvolutionClient.for_instance(hub, instance)
+    url = wire.webhook_url(tenant.id, hub.settings.evolution_webhook_url, hub.settings.base_url)
+    body = wire.build_webhook_set_body(url, tenant.webhook_secret)
+    await client.call("POST", f"/webhook/set/{_path(instance.name)}", "webhook/set", body)
+
+
 async def instance_status(hub: Hub, instance: Instance) -> InstanceInfo:
     client = EvolutionClient.for_instance(hub, instance)
     answer = await client.call("GET", f"/instance/connectionState/{_path(instance.name)}", "instance/connectionState")

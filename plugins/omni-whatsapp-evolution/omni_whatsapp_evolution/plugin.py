@@ -82,3 +82,10 @@ def omni_instance_delete(hub: Hub, instance: Instance) -> Awaitable[None] | None
     if instance.channel != CHANNEL:
         return None
     return client.delete_instance(hub, instance)
+
+
+@hookimpl
+def omni_tenant_secret_rotated(hub: Hub, tenant: Tenant, instance: Instance) -> Awaitable[None] | None:
+    if instance.channel != CHANNEL:
+        return None
+    return client.set_webhook(hub, tenant, instance)

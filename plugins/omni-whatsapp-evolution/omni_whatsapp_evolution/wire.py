@@ -138,6 +138,17 @@ def parse_send_response(body: Any) -> str | None:
 # --- instance lifecycle ---------------------------------------------------------------------------------
 
 
+def _webhook_config(webhook: str, webhook_token: str) -> dict[str, Any]:
+    """The ``webhook`` object the hub sets on its instances: its events, posted to ``webhook`` with the token header."""
+    return {
+        "url": webhook,
+        "byEvents": False,
+        "base64": False,
+        "headers": {WEBHOOK_TOKEN_HEADER: webhook_token},
+        "events": list(WEBHOOK_EVENTS),
+    }
+
+
 def build_instance_create_body(
     instance_name: str, webhook: str, webhook_token: str, *, qrcode: bool = True
 ) -> dict[str, Any]:
@@ -146,14 +157,14 @@ def build_instance_create_body(
         "instanceName": instance_name,
         "integration": INTEGRATION,
         "qrcode": qrcode,
-        "webhook": {
-            "url": webhook,
-            "byEvents": False,
-            "base64": False,
-            "headers": {WEBHOOK_TOKEN_HEADER: webhook_token},
-            "events": list(WEBHOOK_EVENTS),
-        },
+        "webhook": _webhook_config(webhook, webhook_token),
     }
+
+
+def build_webhook_set_body(webhook: str, webhook_token: str) -> dict[str, Any]:
+    """Body of ``POST /webhook/set/{instance}`` (v2.2+): the webhook :func:`build_instance_create_body` sets,
+    with ``enabled`` (required there; creation implies it). Replaces the instance's webhook whole."""
+    return {"webhook": {"enabled": True, **_webhook_config(webhook, webhook_token)}}
 
 
 def _qr_from(body: Mapping[str, Any]) -> QrCode | None:
