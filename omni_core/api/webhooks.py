@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 from typing import Any
 
@@ -197,16 +199,37 @@ async def list_deliveries(
     status: str | None = None,
     webhook_id: str | None = None,
     limit: int = Parameter(default=50, ge=1, le=500),
+    cursor: str | None = None,
 ) -> dict[str, Any]:
     await visible_tenant(hub, principal, tenant_id)
     if status is not None and status not in STATUS_FILTER:
         raise ApiError(400, "invalid_request", f"status must be one of {sorted(STATUS_FILTER)}")
-    jobs = await hub.store.list_jobs(tenant_id, "webhook", STATUS_FILTER.get(status or ""), limit * 4)
-    if webhook_id is not None:
-        jobs = [j for j in jobs if j.payload.get("webhook_id") == webhook_id]
-    jobs = jobs[:limit]
+    before = _delivery_cursor_decode(cursor) if cursor is not None else None
+    jobs = await hub.store.list_jobs(
+        tenant_id, "webhook", STATUS_FILTER.get(status or ""), limit + 1, before_seq=before, webhook_id=webhook_id
+    )
+    more, jobs = len(jobs) > limit, jobs[:limit]
     traces = await hub.store.traces_for_jobs([j.id for j in jobs])
-    return {"deliveries": [delivery_view(j, traces.get(j.id, [])) for j in jobs]}
+    return {
+        "deliveries": [delivery_view(j, traces.get(j.id, [])) for j in jobs],
+        "next_cursor": _delivery_cursor_encode(jobs[-1].seq) if more else None,
+    }
+
+
+def _delivery_cursor_encode(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"dlv:{seq}".encode()).decode().rstrip("=")
+
+
+def _delivery_cursor_decode(cursor: str) -> int:
+    """The queue position a deliveries page continues below; 400 for anything this API did not make."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, number = raw.partition(":")
+        if prefix != "dlv" or not number.isdigit():
+            raise ValueError(raw)
+        return int(number)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from None
 
 
 @post("/deliveries/{delivery_id:str}/replay", status_code=202)

@@ -407,9 +407,16 @@ class Store(ABC):
 
     @abstractmethod
     async def list_jobs(
-        self, tenant: str, kind: str, statuses: Sequence[str] | None, limit: int, before_seq: int | None = None
+        self,
+        tenant: str,
+        kind: str,
+        statuses: Sequence[str] | None,
+        limit: int,
+        before_seq: int | None = None,
+        webhook_id: str | None = None,
     ) -> list[Job]:
-        """A tenant's jobs of one kind, newest first."""
+        """A tenant's jobs of one kind, newest first; older than ``before_seq`` (a page's last
+        ``seq``) when given, and only those whose payload names ``webhook_id`` when given."""
 
     @abstractmethod
     async def replay_job(self, job_id: str, new_id: str, now_epoch: float, now: str) -> Job | None:

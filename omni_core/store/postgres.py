@@ -953,17 +953,25 @@ class PostgresStore(Store):
         return bool(status.endswith(" 1"))
 
     async def list_jobs(
-        self, tenant: str, kind: str, statuses: Sequence[str] | None, limit: int, before_seq: int | None = None
+        self,
+        tenant: str,
+        kind: str,
+        statuses: Sequence[str] | None,
+        limit: int,
+        before_seq: int | None = None,
+        webhook_id: str | None = None,
     ) -> list[Job]:
         rows = await self._require_pool().fetch(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND kind = $2"
             " AND ($3::text[] IS NULL OR status = ANY($3::text[])) AND ($4::bigint IS NULL OR seq < $4)"
+            " AND ($6::text IS NULL OR payload::jsonb ->> 'webhook_id' = $6)"
             " ORDER BY seq DESC LIMIT $5",
             tenant,
             kind,
             list(statuses) if statuses else None,
             before_seq,
             limit,
+            webhook_id,
         )
         return [job_from_row(r) for r in rows]
 

@@ -561,7 +561,13 @@ class SqliteStore(Store):
         return bool(await self._write(_write_defer, job.id, job.lease_owner, run_at, now))
 
     async def list_jobs(
-        self, tenant: str, kind: str, statuses: Sequence[str] | None, limit: int, before_seq: int | None = None
+        self,
+        tenant: str,
+        kind: str,
+        statuses: Sequence[str] | None,
+        limit: int,
+        before_seq: int | None = None,
+        webhook_id: str | None = None,
     ) -> list[Job]:
         sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = ? AND kind = ?"
         params: list[Any] = [tenant, kind]
@@ -571,6 +577,9 @@ class SqliteStore(Store):
         if before_seq is not None:
             sql += " AND seq < ?"
             params.append(before_seq)
+        if webhook_id is not None:
+            sql += " AND json_extract(payload, '$.webhook_id') = ?"
+            params.append(webhook_id)
         rows = await self._fetchall(sql + " ORDER BY seq DESC LIMIT ?", [*params, limit])
         return [job_from_row(r) for r in rows]
 

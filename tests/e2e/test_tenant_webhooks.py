@@ -264,3 +264,37 @@ def test_unknown_fields_and_types_are_rejected_clearly(hub: HubProcess) -> None:
     assert r.status_code == 400 and "direction" in r.json()["error"]["message"]
     r = client.post("/messages/unified", content=b"[1,2", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_json"
+
+
+def test_deliveries_page_with_a_cursor_and_filter_by_webhook(hub_factory: HubFactory, receiver: FakeReceiver) -> None:
+    hub = hub_factory(hive_enabled=False, **FAST)
+    tenant = setup_tenant(hub)
+    first = subscribe(hub, tenant, f"{receiver.url}/a", ["message.inbound"])
+    subscribe(hub, tenant, f"{receiver.url}/b", ["message.inbound"])
+    for n in range(5):
+        post_webhook(hub, tenant, evo.upsert("acme-sales", f"mensagem {n}"))
+    wait_until(lambda: len(deliveries(hub, "acme", status="succeeded", limit=20)) == 10, what="10 deliveries")
+
+    seen: list[dict[str, Any]] = []
+    pages = []
+    params: dict[str, Any] = {"webhook_id": first["id"], "limit": 2}
+    while True:
+        r = hub.admin.get("/tenants/acme/deliveries", params=params)
+        assert r.status_code == 200, r.text
+        page = r.json()
+        pages.append(len(page["deliveries"]))
+        seen += page["deliveries"]
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+    assert pages == [2, 2, 1]
+    assert {d["webhook_id"] for d in seen} == {first["id"]}
+    assert len({d["id"] for d in seen}) == 5
+    created = [d["created_at"] for d in seen]
+    assert created == sorted(created, reverse=True)  # newest first, across pages
+
+    everything = hub.admin.get("/tenants/acme/deliveries", params={"limit": 10}).json()
+    assert len(everything["deliveries"]) == 10 and everything["next_cursor"] is None
+    for bad in ("nope", "ZGx2Ong", "bXNnXzEy"):  # garbage, "dlv:x", another API's cursor
+        r = hub.admin.get("/tenants/acme/deliveries", params={"cursor": bad})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_cursor", (bad, r.text)
