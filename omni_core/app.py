@@ -54,6 +54,7 @@ CORE_ROUTES: list[Any] = [
     instances.create_instance,
     instances.list_instances,
     instances.get_instance,
+    instances.patch_instance,
     instances.get_qr,
     instances.delete_instance,
     messages.send_message,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import httpx
 import msgspec
-from litestar import Request, delete, get, post
+from litestar import Request, delete, get, patch, post
 
 from omni_core.api.common import parse_body
 from omni_core.api.tenants import visible_tenant
@@ -32,6 +32,32 @@ class InstanceCreate(msgspec.Struct, rename={"instance_name": "instanceName"}):
     tenant: str | None = None
     channel: str = "whatsapp"
     qrcode: bool = True
+
+
+Rate = Annotated[float, msgspec.Meta(ge=0)]
+Burst = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class PacingPatch(msgspec.Struct, forbid_unknown_fields=True):
+    """The instance's ``pacing`` override (omni_core.pacing.PaceLimits); ``null`` restores a default."""
+
+    per_chat_per_second: Rate | msgspec.UnsetType | None = msgspec.UNSET
+    per_chat_burst: Burst | msgspec.UnsetType | None = msgspec.UNSET
+    per_instance_per_second: Rate | msgspec.UnsetType | None = msgspec.UNSET
+    per_instance_burst: Burst | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class InstancePatch(msgspec.Struct, forbid_unknown_fields=True):
+    """The settings the hub itself reads from an instance's config; the channel's own settings
+    (server URL, credentials) are set at creation, where the channel's server is configured too."""
+
+    split_messages: bool | msgspec.UnsetType | None = msgspec.UNSET
+    pacing: PacingPatch | msgspec.UnsetType | None = msgspec.UNSET
+
+
+def _set_fields(struct: msgspec.Struct) -> dict[str, Any]:
+    """The fields the request named (``null`` included), as a JSON merge patch."""
+    return {f: getattr(struct, f) for f in struct.__struct_fields__ if getattr(struct, f) is not msgspec.UNSET}
 
 
 async def call_channel(pending: Awaitable[T] | None, what: str) -> T:
@@ -135,6 +161,22 @@ async def get_instance(instance_id: str, hub: Hub, principal: Principal) -> dict
                 await hub.store.update_instance(instance)
                 out["state"], out["state_reason"] = info.state, info.reason
     return out
+
+
+@patch("/instances/{instance_id:str}")
+async def patch_instance(
+    instance_id: str, request: Request[Any, Any, Any], hub: Hub, principal: Principal
+) -> dict[str, Any]:
+    instance = await visible_instance(hub, principal, instance_id)
+    body = await parse_body(request, hub, InstancePatch)
+    changes = _set_fields(body)
+    if isinstance(body.pacing, PacingPatch):
+        changes["pacing"] = _set_fields(body.pacing)
+    # A JSON merge patch over the stored config: null removes a setting (back to the default).
+    instance.config = merge_config(instance.config, changes)
+    instance.updated_at = now_iso()
+    await hub.store.update_instance(instance)
+    return instance.public()
 
 
 @get("/instances/qr/{instance_id:str}")
