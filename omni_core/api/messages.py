@@ -139,8 +139,11 @@ def _idempotency_key(request: Request[Any, Any, Any]) -> str | None:
 
 
 async def _fingerprint(request: Request[Any, Any, Any], path: str) -> str:
-    """What a retry must repeat exactly: the endpoint and the raw body bytes (already read and cached)."""
-    return hashlib.sha256(path.encode() + b"\n" + await request.body()).hexdigest()
+    """What a retry must repeat: the endpoint and the body's JSON value. Canonical (keys sorted, no
+    whitespace), so a client that re-serializes the same request with other spacing or key order
+    is still retrying it. The body was already parsed, so it is valid JSON here."""
+    canonical = msgspec.json.encode(msgspec.json.decode(await request.body()), order="sorted")
+    return hashlib.sha256(path.encode() + b"\n" + canonical).hexdigest()
 
 
 async def _queue(

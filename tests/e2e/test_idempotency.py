@@ -105,8 +105,8 @@ def test_a_key_reused_for_another_request_is_refused(hub: HubProcess, evolution:
     assert post(client, "/messages/send", body(SEND), "k-1").status_code == 202
     others = [
         ("/messages/send", body({**SEND, "text": "Outro texto"})),
-        # The fingerprint is the raw bytes: the same JSON spaced differently is another request.
-        ("/messages/send", json.dumps(SEND, indent=2).encode()),
+        # The fingerprint is the JSON value: one more field is another request ...
+        ("/messages/send", body({**SEND, "split": False})),
         # ... and the endpoint is part of it.
         (
             "/messages/unified",
@@ -126,6 +126,18 @@ def test_a_key_reused_for_another_request_is_refused(hub: HubProcess, evolution:
         assert r.json()["error"]["code"] == "idempotency_key_reused"
         assert "'k-1'" in r.json()["error"]["message"] and "different request" in r.json()["error"]["message"]
         assert REPLAYED not in r.headers
+    evolution.wait_for(1, timeout=10)
+    assert counts(hub) == (1, 1)
+
+
+def test_the_same_json_spaced_or_ordered_otherwise_is_a_retry(hub: HubProcess, evolution: FakeEvolution) -> None:
+    tenant = setup_tenant(hub)
+    client = hub.client(tenant["api_key"])
+    first = post(client, "/messages/send", body(SEND), "k-json")
+    assert first.status_code == 202, first.text
+    reordered = json.dumps(dict(reversed(list(SEND.items()))), indent=2, ensure_ascii=True).encode()
+    retry = post(client, "/messages/send", reordered, "k-json")
+    assert retry.status_code == 202 and retry.headers[REPLAYED] == "true" and retry.json() == first.json()
     evolution.wait_for(1, timeout=10)
     assert counts(hub) == (1, 1)
 
