@@ -9,6 +9,7 @@ group and decorate functions with :data:`omni_core.hookimpl`. The hub calls:
 * ``omni_deliver`` from the queue, to send an outbound message on a channel;
 * ``omni_instance_*`` from the instances API, to manage the account on the channel's server;
 * ``omni_tenant_secret_rotated`` from the tenants API, to hand a new webhook secret to the channel's server;
+* ``omni_validate_tenant_config`` from the tenants API, to reject a bad value in a plugin's config section;
 * ``omni_startup`` / ``omni_shutdown`` around the hub's life.
 
 Hooks that do I/O follow one convention, because pluggy itself is synchronous: the
@@ -117,6 +118,23 @@ def omni_tenant_secret_rotated(hub: Hub, tenant: Tenant, instance: Instance) -> 
     your channel or when the channel does not authenticate with that secret. Raise on failure:
     the hub logs it and lists the instance in ``instances_not_updated`` (the previous secret
     stays valid for the overlap the caller chose, so events keep arriving meanwhile).
+    """
+
+
+@hookspec
+def omni_validate_tenant_config(config: Mapping[str, Any]) -> list[str] | None:
+    """Problems with *your own* section of a tenant's config; ``None`` (or ``[]``) when it is fine.
+
+    Called by ``POST /tenants`` and ``PATCH /tenants/{id}`` (when the body has ``config``) on the
+    config about to be stored: after the merge patch, so it is the whole resulting config. Every
+    plugin is called, one by one; when any reports a problem the hub answers
+    ``400 invalid_config`` listing all of them and stores nothing.
+
+    Pure and quick: no I/O, do not modify ``config``. Check only the keys you read, so the core
+    never needs to know plugin keys. Each problem is one human-readable sentence naming the key,
+    e.g. ``"hive.api_url must be an absolute http(s) URL with a host"``. Never put a value in it
+    (it may be a secret or contain credentials); the hub masks secret-named values anyway. A
+    validator that raises is logged and skipped: validation must not make tenants unwritable.
     """
 
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import re
 import time
 from typing import Annotated, Any
 
 import msgspec
+import pluggy
 import structlog
 from litestar import Request, delete, get, patch, post
 
 from omni_core.api.common import parse_body
 from omni_core.auth import Principal, hash_key, new_tenant_key, new_webhook_secret
-from omni_core.entities import Instance, Tenant, merge_config
+from omni_core.entities import Instance, Tenant, is_secret_key, merge_config
 from omni_core.errors import ApiError
 from omni_core.hub import Hub
 from omni_core.ids import new_id
@@ -51,6 +53,46 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _secret_values(value: Any) -> set[str]:
+    """Every secret-named scalar in a config tree, as text (what must never appear in an answer)."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, dict | list):
+                found |= _secret_values(v)
+            elif is_secret_key(str(k)) and v not in (None, ""):
+                found.add(str(v))
+    elif isinstance(value, list):
+        for v in value:
+            found |= _secret_values(v)
+    return found
+
+
+def check_config(pm: pluggy.PluginManager, config: dict[str, Any]) -> None:
+    """Ask every plugin about its own section of ``config``; ``400 invalid_config`` listing all problems.
+
+    Plugins are called one by one (not through the hook caller) so a validator that raises can be
+    skipped without hiding the others' answers: a plugin bug must not make tenants unwritable.
+    """
+    problems: list[str] = []
+    impls = sorted(pm.hook.omni_validate_tenant_config.get_hookimpls(), key=lambda impl: impl.plugin_name)
+    for impl in impls:
+        try:
+            # Each gets its own copy: a validator must not change what is stored or what the next one sees.
+            found: Any = impl.function(config=copy.deepcopy(config)) or []
+            problems.extend([found] if isinstance(found, str) else [str(p) for p in found])
+        except Exception:
+            log.exception("tenant_config_validator_failed", plugin=impl.plugin_name)
+    if not problems:
+        return
+    message = "invalid tenant config: " + "; ".join(problems)
+    # Plugins are told never to echo values; mask secrets anyway, longest first so that a
+    # secret containing another is masked whole.
+    for secret in sorted(_secret_values(config), key=len, reverse=True):
+        message = message.replace(secret, "***")
+    raise ApiError(400, "invalid_config", message)
+
+
 async def visible_tenant(hub: Hub, principal: Principal, tenant_id: str) -> Tenant:
     """The tenant if the caller may see it; otherwise 404, exactly as if it did not exist."""
     tenant = await hub.store.get_tenant(tenant_id) if principal.can_see(tenant_id) else None
@@ -76,6 +118,7 @@ async def create_tenant(request: Request[Any, Any, Any], hub: Hub, principal: Pr
         created_at=now,
         updated_at=now,
     )
+    check_config(hub.pm, tenant.config)
     if not await hub.store.create_tenant(tenant, hash_key(api_key)):
         raise ApiError(409, "tenant_exists", f"a tenant with id {tenant_id!r} already exists")
     # The only time the key and the webhook secret are shown.
@@ -102,7 +145,9 @@ async def patch_tenant(
     if body.name is not None:
         tenant.name = _check_name(body.name)
     if body.config is not None:
+        # The whole resulting config is checked, not just the patch: that is what gets stored.
         tenant.config = merge_config(tenant.config, body.config)
+        check_config(hub.pm, tenant.config)
     tenant.updated_at = now_iso()
     await hub.store.update_tenant(tenant)
     return tenant.public()

@@ -10,6 +10,7 @@ from omni_hive.wire import (
     parse_reply_json,
     reply_from_response,
     resolve_target,
+    validate_config,
 )
 
 __version__ = "0.1.0"
@@ -24,4 +25,5 @@ __all__ = [
     "parse_reply_json",
     "reply_from_response",
     "resolve_target",
+    "validate_config",
 ]

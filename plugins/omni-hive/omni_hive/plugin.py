@@ -6,7 +6,8 @@ hub's shared client and maps transport failures to the queue's error types.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -29,6 +30,7 @@ from omni_hive.wire import (
     encode_body,
     reply_from_response,
     resolve_target,
+    validate_config,
 )
 
 
@@ -49,6 +51,11 @@ def omni_route(hub: Hub, tenant: Tenant, message: Message, context: RouteContext
     if target is None:
         return None
     return call_hive(hub.http, target, tenant, message, context)
+
+
+@hookimpl
+def omni_validate_tenant_config(config: Mapping[str, Any]) -> list[str] | None:
+    return validate_config(config) or None
 
 
 def _where(url: str) -> str:

@@ -1,4 +1,5 @@
-"""The Hive wire format, as pure functions: which target to call, what to send, what came back.
+"""The Hive wire format, as pure functions: which target to call, whether a tenant's ``hive`` config
+is usable, what to send, what came back.
 
 Nothing here does I/O, so all of it is unit-tested without a server.
 
@@ -20,8 +21,11 @@ Reply (2xx), any of::
 from __future__ import annotations
 
 import mimetypes
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 import msgspec
 
 from omni_core import (
@@ -107,6 +111,81 @@ def resolve_target(
         preferred_agent=_opt_str(hive.get("preferred_agent")),
         priority=_opt_str(hive.get("priority")) or "normal",
     )
+
+
+# --- tenant config validation -----------------------------------------------------------------
+#: The redaction marker the API shows for a secret; stored back it would replace the real key.
+_REDACTED = "***"
+
+
+def _url_problem(value: Any) -> str | None:
+    """What is wrong with a ``hive.api_url`` value (never echoing it: it may carry credentials)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return f"hive.api_url must be a string (an http(s) URL), got {_type_name(value)}"
+    url = value.strip()
+    if not url:
+        return None  # empty: falls back to HIVE_API_URL, as resolve_target does
+    invalid = "hive.api_url must be an absolute http(s) URL with a host, e.g. https://hive.example.com"
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        return f"{invalid} (it contains whitespace or control characters)"
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises for a port that is not a number from 0 to 65535
+        httpx.URL(url)  # what call_hive will parse; catches what urlsplit lets through
+    except (ValueError, httpx.InvalidURL):
+        return invalid
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return invalid
+    if "?" in url or "#" in url:
+        return "hive.api_url must not have a query string or fragment (the hub appends /process to it)"
+    return None
+
+
+def _key_problem(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return f"hive.api_key must be a string, got {_type_name(value)}"
+    key = value.strip()
+    if key == _REDACTED:
+        return 'hive.api_key is the redaction marker "***"; leave the key out of the patch to keep the stored key'
+    # It goes into the Authorization header, which httpx encodes as ASCII.
+    if any(not (" " <= ch <= "~") for ch in key):
+        return "hive.api_key must contain only printable ASCII characters (it is sent in an HTTP header)"
+    return None
+
+
+def validate_config(tenant_config: Mapping[str, Any]) -> list[str]:
+    """Problems with the ``hive`` section of a tenant config, as :func:`resolve_target` reads it.
+
+    Only the keys the plugin reads are checked. Other keys in the section are allowed: the plugin
+    ignores them, but they reach Hive in ``context.tenant.config`` (secrets stripped), so a Hive
+    deployment may use keys of its own. Messages name the key and never contain its value.
+    """
+    hive = tenant_config.get("hive")
+    if hive is None:
+        return []
+    if not isinstance(hive, dict):
+        return [f"hive must be an object, got {_type_name(hive)}"]
+    problems: list[str] = []
+    if "enabled" in hive:
+        enabled = hive["enabled"]
+        # Strings outside the known words would be truthy in _flag: "maybe" would mean on.
+        if not (isinstance(enabled, bool) or (isinstance(enabled, str) and enabled.strip().lower() in _TRUE + _FALSE)):
+            problems.append(
+                'hive.enabled must be true, false or one of "true", "false", "yes", "no", "on", "off", "1", "0"'
+                + ("" if isinstance(enabled, str) else f", got {_type_name(enabled)}")
+            )
+    for problem in (_url_problem(hive.get("api_url")), _key_problem(hive.get("api_key"))):
+        if problem is not None:
+            problems.append(problem)
+    for name in ("preferred_agent", "priority"):
+        value = hive.get(name)
+        if value is not None and not isinstance(value, str):
+            problems.append(f"hive.{name} must be a string, got {_type_name(value)}")
+    return problems
 
 
 def build_headers(target: HiveTarget, message: Message, context: RouteContext | None = None) -> dict[str, str]:
