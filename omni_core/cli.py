@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import gc
 import sys
+from pathlib import Path
 
-from omni_core.config import ConfigError, Settings, load_settings
+from omni_core.config import ConfigError, Settings, load_settings, read_dotenv
 from omni_core.logs import configure_logging
+from omni_core.otel import adopt_dotenv
 
 
 def _serve(settings: Settings) -> int:
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"omni: configuration error: {exc}", file=sys.stderr)
         return 2
+    adopt_dotenv(read_dotenv(Path(".env")))  # OTEL_* from .env too, like every other setting
     configure_logging(settings.log_level, settings.log_format, settings.trace_include_sensitive)
     if args.command == "migrate":
         from omni_core.store.sqlite import StoreLockedError

@@ -38,12 +38,19 @@ def envelope(event: str, data: Any) -> dict[str, Any]:
 
 
 def delivery_jobs(
-    webhooks: Sequence[TenantWebhook], event: str, data: Any, max_attempts: int, *, body: dict[str, Any] | None = None
+    webhooks: Sequence[TenantWebhook],
+    event: str,
+    data: Any,
+    max_attempts: int,
+    *,
+    body: dict[str, Any] | None = None,
+    traceparent: str | None = None,
 ) -> list[NewJob]:
     """One delivery job per webhook of the tenant that subscribed to ``event``.
 
     Every delivery has its own lane: deliveries are independent, so one slow or dead endpoint
-    never holds up another.
+    never holds up another. ``traceparent`` (the step that caused the event) puts the delivery's
+    span in that message's trace.
     """
     targets = [w for w in webhooks if w.wants(event)]
     if not targets:
@@ -60,16 +67,24 @@ def delivery_jobs(
                 lane=f"webhook\x1f{job_id}",
                 max_attempts=max_attempts,
                 run_at=time.time(),
-                payload={"webhook_id": webhook.id, "event": event, "event_id": event_id, "body": payload_body},
+                payload={
+                    "webhook_id": webhook.id,
+                    "event": event,
+                    "event_id": event_id,
+                    "body": payload_body,
+                    **({"traceparent": traceparent} if traceparent else {}),
+                },
             )
         )
     return jobs
 
 
-def message_event_jobs(webhooks: Sequence[TenantWebhook], message: Message, max_attempts: int) -> list[NewJob]:
+def message_event_jobs(
+    webhooks: Sequence[TenantWebhook], message: Message, max_attempts: int, traceparent: str | None = None
+) -> list[NewJob]:
     """``message.inbound`` / ``message.outbound`` deliveries for a newly stored message."""
     event = MESSAGE_INBOUND if message.direction == "inbound" else MESSAGE_OUTBOUND
-    return delivery_jobs(webhooks, event, message, max_attempts)
+    return delivery_jobs(webhooks, event, message, max_attempts, traceparent=traceparent)
 
 
 def status_event_jobs(webhooks: Sequence[TenantWebhook], message: Message, max_attempts: int) -> list[NewJob]:

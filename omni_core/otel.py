@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import structlog
 
 log = structlog.get_logger("omni.otel")
+
+
+def adopt_dotenv(values: Mapping[str, str]) -> list[str]:
+    """Put the ``OTEL_*`` settings of a ``.env`` file into the process environment, where the
+    OpenTelemetry SDK and its exporters read them; a variable already set in the environment
+    wins, as for every other setting. Returns the names adopted."""
+    adopted = [k for k, v in values.items() if k.startswith("OTEL_") and v and k not in os.environ]
+    for name in adopted:
+        os.environ[name] = values[name]
+    return adopted
 
 
 class Telemetry:

@@ -262,7 +262,12 @@ class Pipeline:
                 )
             elif event.direction == "outbound" and event.status in ("received", "queued", "processing"):
                 event.status = "sent"  # our own message, sent from the phone or another client
-            events = message_event_jobs(await self.store.list_webhooks(tenant.id), event, self.webhook_attempts)
+            events = message_event_jobs(
+                await self.store.list_webhooks(tenant.id),
+                event,
+                self.webhook_attempts,
+                ingest.traceparent if ingest else None,
+            )
             traces = self._ingest_traces(tenant.id, channel, ingest or IngestTiming(received_at=now), now)
             # Direct dispatch needs serialized writes: on PostgreSQL two webhooks of one chat may
             # commit concurrently, neither seeing the other's job, and both would start at once.
@@ -380,7 +385,7 @@ class Pipeline:
                         # The route step's trace context: the delivery span joins the message's trace.
                         [
                             self._deliver_job(part, traceparent),
-                            *message_event_jobs(webhooks, part, self.webhook_attempts),
+                            *message_event_jobs(webhooks, part, self.webhook_attempts, traceparent),
                         ],
                     )
                 )

@@ -161,8 +161,16 @@ class WebhookSender:
             await store.bury(job, f"webhook is disabled: {webhook.disabled_reason or 'by the tenant'}", "dead", now)
             return
         status_code: int | None = None
+        span = self.pipeline.telemetry.span(
+            "omni.webhook_delivery",
+            parent=job.payload.get("traceparent"),
+            job_id=job.id,
+            webhook_id=webhook.id,
+            event=str(job.payload.get("event", "")),
+        )
         try:
-            status_code = await self._post(webhook.url, webhook.secrets_in_use(time.time()), job)
+            with span:
+                status_code = await self._post(webhook.url, webhook.secrets_in_use(time.time()), job)
         except DeliveryFailed as exc:
             await self._failed(job, webhook.id, exc, started)
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -164,3 +165,23 @@ def test_shareable_redacts_only_when_there_is_a_secret(metadata: dict[str, Any])
     shared = shareable(message)
     assert shared.content.metadata == redact(metadata)
     assert (shared is message) == (not has_secret(metadata))
+
+
+def test_otel_settings_from_dotenv_never_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from omni_core.otel import adopt_dotenv
+
+    # A copy of the environment: nothing adopted here may leak into the hubs later tests start.
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    monkeypatch.setattr(os, "environ", {**environ, "OTEL_SERVICE_NAME": "from-env"})
+    adopted = adopt_dotenv(
+        {
+            "OTEL_SERVICE_NAME": "from-dotenv",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+            "OTEL_TRACES_SAMPLER": "",
+            "HIVE_API_KEY": "not-an-otel-setting",
+        }
+    )
+    assert adopted == ["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    assert os.environ["OTEL_SERVICE_NAME"] == "from-env"
+    assert os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
+    assert "OTEL_TRACES_SAMPLER" not in os.environ and os.environ.get("HIVE_API_KEY") != "not-an-otel-setting"

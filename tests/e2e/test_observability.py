@@ -256,3 +256,30 @@ def test_uvicorn_lines_are_hub_json_lines(hub: HubProcess) -> None:
     )
     assert line["level"] == "warning" and "Invalid HTTP request" in line["event"]
     assert all(json.loads(text) for text in hub.logs().splitlines() if text.strip())  # every line is JSON
+
+
+def test_tenant_webhook_deliveries_join_the_trace_with_otel_settings_from_dotenv(
+    hub_factory: HubFactory, receiver: FakeReceiver
+) -> None:
+    hub = hub_factory(hive_enabled=False, start=False, OMNI_WEBHOOK_ALLOW_PRIVATE="true")
+    # OTEL_* only in the hub's .env (its working directory), as an operator would set them.
+    (hub.data_dir / ".env").write_text(
+        f"OTEL_EXPORTER_OTLP_ENDPOINT={receiver.url}/otlp\nOTEL_BSP_SCHEDULE_DELAY=100\n", encoding="utf-8"
+    )
+    hub.start()
+    tenant = setup_tenant(hub)
+    r = hub.client(tenant["api_key"]).post(
+        "/tenants/acme/webhooks", json={"url": f"{receiver.url}/hook", "events": ["message.inbound"]}
+    )
+    assert r.status_code == 201, r.text
+    post_webhook(hub, tenant, evo.upsert("acme-sales", "rastreado ate o cliente"))
+
+    def complete() -> list[tuple[str, bytes, bytes, bytes]] | None:
+        spans = exported_spans(receiver)
+        return spans if {"omni.webhook", "omni.webhook_delivery"} <= {s[0] for s in spans} else None
+
+    spans = wait_until(complete, timeout=10, what="webhook and webhook-delivery spans")
+    [webhook] = [s for s in spans if s[0] == "omni.webhook"]
+    [delivery] = [s for s in spans if s[0] == "omni.webhook_delivery"]
+    assert delivery[1] == webhook[1] and delivery[3] == webhook[2]  # same trace, child of the ingest
+    assert receiver.requests_to("/hook")
