@@ -575,9 +575,12 @@ class Pipeline:
             await self.trace_attempt(job, stage, "dead", plugin, started, status_code, error)
             reason = "permanent" if permanent else "exhausted"
             await self._record(self._row(job.tenant, message_status, reason, job=job, error=error))
+            stored = await self.store.get_message(job.message_id) if job.message_id else None
             self.metrics.dead.labels(job.kind).inc()
-            self.metrics.failed.labels(*self.metrics.labels(job.kind, job.tenant), reason).inc()
-            await self.store.bury(job, error, message_status, now, await self._dead_events(job, error, message_status))
+            channel = stored.source if stored is not None else "unknown"
+            self.metrics.failed.labels(*self.metrics.labels(channel, job.tenant), reason).inc()
+            events = await self._dead_events(job, error, message_status, stored)
+            await self.store.bury(job, error, message_status, now, events)
             bound.warning("job_dead", error=error, attempts=job.attempts, permanent=permanent)
             return
         delay = self.policy.delay(job.attempts, retry_after)
@@ -585,12 +588,14 @@ class Pipeline:
         await self.store.retry_later(job, error, time.time() + delay, now)
         bound.info("job_retry", error=error, attempt=job.attempts, delay_s=round(delay, 3))
 
-    async def _dead_events(self, job: Job, error: str, message_status: MessageStatus) -> list[NewJob]:
-        """``job.dead`` (and, for an outbound message, its final ``message.status``) deliveries."""
+    async def _dead_events(
+        self, job: Job, error: str, message_status: MessageStatus, stored: Message | None
+    ) -> list[NewJob]:
+        """``job.dead`` (and, for an outbound message, its final ``message.status``) deliveries;
+        ``stored`` is the job's message as stored (None when it has none)."""
         webhooks = await self.store.list_webhooks(job.tenant)
         if not any(w.enabled for w in webhooks):
             return []
-        stored = await self.store.get_message(job.message_id) if job.message_id else None
         message = shareable(stored) if stored is not None else None
         if message is not None and job.kind != "webhook":
             message.status = message_status

@@ -283,3 +283,16 @@ def test_tenant_webhook_deliveries_join_the_trace_with_otel_settings_from_dotenv
     [delivery] = [s for s in spans if s[0] == "omni.webhook_delivery"]
     assert delivery[1] == webhook[1] and delivery[3] == webhook[2]  # same trace, child of the ingest
     assert receiver.requests_to("/hook")
+
+
+def test_failed_messages_are_counted_by_their_channel(
+    hub: HubProcess, hive: FakeHive, evolution: FakeEvolution
+) -> None:
+    tenant = setup_tenant(hub)
+    evolution.not_on_whatsapp.add(PHONE)  # the reply's send fails for good
+    post_webhook(hub, tenant, evo.upsert("acme-sales", "vai falhar", phone=PHONE))
+    [reply] = wait_until(lambda: history(hub, "acme", direction="outbound"))
+    wait_status(hub, reply["id"], "failed")
+    key = ("omni_messages_failed_total", (("channel", "whatsapp"), ("reason", "permanent"), ("tenant", "acme")))
+    assert wait_until(lambda: metric_values(hub).get(key), what="the failure counted under channel whatsapp") == 1
+    assert not any(k[0] == "omni_messages_failed_total" and ("channel", "deliver") in k[1] for k in metric_values(hub))
