@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from omni_core.entities import Instance, Tenant
+from omni_core.entities import Instance
 from omni_core.ids import new_id
 from omni_core.model import Chat, Content, Message, Sender, iso, utcnow
 from omni_core.pipeline import lane_for
@@ -18,42 +18,17 @@ from omni_core.store.base import HistoryQuery, Lease, NewJob, Store, TraceRecord
 from omni_core.store.postgres import INSERT_MESSAGE_PG, PostgresStore
 from omni_core.store.rows import message_row
 from omni_core.store.sqlite import SqliteStore, StoreLockedError
-from tests.pg import acreate_database, adrop_database
+from tests.store_fixtures import seed_tenants
 from tests.writer_ops import FileGate, wait_for_file
 
 NOW = "2026-01-01T00:00:00.000Z"
-
-
-async def _seed(s: Store) -> None:
-    await s.create_tenant(Tenant(id="t1", name="T1", webhook_secret="s1", created_at=NOW, updated_at=NOW), "h1")
-    await s.create_tenant(Tenant(id="t2", name="T2", webhook_secret="s2", created_at=NOW, updated_at=NOW), "h2")
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        s: Store = SqliteStore(str(tmp_path / "hub.db"))
-        await s.open()
-        await _seed(s)
-        yield s
-        await s.close()
-        return
-    url = await acreate_database()
-    s = PostgresStore(url, pool_size=5)
-    try:
-        await s.open()
-        await _seed(s)
-        yield s
-        await s.close()
-    finally:
-        await adrop_database(url)
 
 
 @pytest.fixture
 async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     s = SqliteStore(str(tmp_path / "hub.db"))
     await s.open()
-    await _seed(s)
+    await seed_tenants(s)
     yield s
     await s.close()
 

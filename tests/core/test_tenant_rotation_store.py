@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -12,37 +10,9 @@ from omni_core.entities import Tenant
 from omni_core.errors import ApiError
 from omni_core.hub import Hub
 from omni_core.store.base import Store
-from omni_core.store.postgres import PostgresStore
-from omni_core.store.sqlite import SqliteStore
-from tests.pg import acreate_database, adrop_database
 
 NOW = "2026-01-01T00:00:00.000Z"
 LATER = "2026-01-02T00:00:00.000Z"
-
-
-async def _seed(s: Store) -> None:
-    await s.create_tenant(Tenant(id="t1", name="T1", webhook_secret="s1", created_at=NOW, updated_at=NOW), "h1")
-    await s.create_tenant(Tenant(id="t2", name="T2", webhook_secret="s2", created_at=NOW, updated_at=NOW), "h2")
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        s: Store = SqliteStore(str(tmp_path / "hub.db"))
-        await s.open()
-        await _seed(s)
-        yield s
-        await s.close()
-        return
-    url = await acreate_database()
-    s = PostgresStore(url, pool_size=2)
-    try:
-        await s.open()
-        await _seed(s)
-        yield s
-        await s.close()
-    finally:
-        await adrop_database(url)
 
 
 async def test_a_new_api_key_hash_replaces_the_old_one_even_when_cached(store: Store) -> None:
