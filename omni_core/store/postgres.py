@@ -194,15 +194,24 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, cannot connect now, canceled
     asyncpg.exceptions.InterfaceError,  # the connection was closed under the query
-    ConnectionError,
-    TimeoutError,  # connecting, or waiting for a pooled connection
-    OSError,
 )
+
+
+def _raised_by_driver(exc: BaseException) -> bool:
+    """Whether ``exc`` came out of asyncpg's own code (its traceback passes through it)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("asyncpg"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 class PostgresStore(Store):
     def unavailable(self, exc: BaseException) -> bool:
-        return isinstance(exc, _UNAVAILABLE)
+        # Socket errors and timeouts (connecting, waiting for a pooled connection) count only when
+        # the driver raised them: the same types from a plugin's HTTP call are not the database's.
+        return isinstance(exc, _UNAVAILABLE) or (isinstance(exc, OSError) and _raised_by_driver(exc))
 
     def __init__(self, dsn: str, *, pool_size: int = 20) -> None:
         self.dsn = dsn

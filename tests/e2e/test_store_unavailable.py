@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -83,7 +84,8 @@ def test_sqlite_tells_unavailable_from_bugs(error: BaseException, unavailable: b
         (asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"), True),
         (asyncpg.exceptions.CannotConnectNowError("the database system is starting up"), True),
         (asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"), True),
-        (ConnectionRefusedError(111, "Connection refused"), True),
+        (ConnectionRefusedError(111, "Connection refused"), False),  # not raised by the driver
+        (TimeoutError("a channel server was slow"), False),
         (asyncpg.exceptions.UniqueViolationError("duplicate key"), False),
         (asyncpg.exceptions.UndefinedTableError("relation does not exist"), False),
         (KeyError("a bug"), False),
@@ -91,3 +93,15 @@ def test_sqlite_tells_unavailable_from_bugs(error: BaseException, unavailable: b
 )
 def test_postgres_tells_unavailable_from_bugs(error: BaseException, unavailable: bool) -> None:
     assert PostgresStore("postgresql://127.0.0.1/none").unavailable(error) is unavailable
+
+
+async def test_postgres_counts_socket_errors_the_driver_raised() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        await asyncpg.connect(f"postgresql://127.0.0.1:{port}/none", timeout=5)
+    except OSError as exc:
+        assert PostgresStore("postgresql://127.0.0.1/none").unavailable(exc)
+    else:
+        raise AssertionError("connected to a port nothing listens on")
