@@ -224,6 +224,17 @@ def exported_spans(receiver: FakeReceiver) -> list[tuple[str, bytes, bytes, byte
     return spans
 
 
+def wait_for_spans(receiver: FakeReceiver, names: set[str]) -> list[tuple[str, bytes, bytes, bytes]]:
+    """The exported spans, once spans of every name in ``names`` are among them."""
+
+    def complete() -> list[tuple[str, bytes, bytes, bytes]] | None:
+        spans = exported_spans(receiver)
+        return spans if names <= {s[0] for s in spans} else None
+
+    found: list[tuple[str, bytes, bytes, bytes]] = wait_until(complete, timeout=10, what=f"spans {sorted(names)}")
+    return found
+
+
 def test_the_reply_delivery_joins_the_message_trace(
     hub_factory: HubFactory, hive: FakeHive, evolution: FakeEvolution, receiver: FakeReceiver
 ) -> None:
@@ -233,12 +244,7 @@ def test_the_reply_delivery_joins_the_message_trace(
     tenant = setup_tenant(hub)
     post_webhook(hub, tenant, evo.upsert("acme-sales", "rastreado ate o fim"))
     evolution.wait_for(1, timeout=10)
-
-    def complete() -> list[tuple[str, bytes, bytes, bytes]] | None:
-        spans = exported_spans(receiver)
-        return spans if {"omni.webhook", "omni.route", "omni.deliver"} <= {s[0] for s in spans} else None
-
-    spans = wait_until(complete, timeout=10, what="webhook, route and deliver spans")
+    spans = wait_for_spans(receiver, {"omni.webhook", "omni.route", "omni.deliver"})
     [webhook] = [s for s in spans if s[0] == "omni.webhook"]
     [route] = [s for s in spans if s[0] == "omni.route"]
     [deliver] = [s for s in spans if s[0] == "omni.deliver"]
@@ -273,12 +279,7 @@ def test_tenant_webhook_deliveries_join_the_trace_with_otel_settings_from_dotenv
     )
     assert r.status_code == 201, r.text
     post_webhook(hub, tenant, evo.upsert("acme-sales", "rastreado ate o cliente"))
-
-    def complete() -> list[tuple[str, bytes, bytes, bytes]] | None:
-        spans = exported_spans(receiver)
-        return spans if {"omni.webhook", "omni.webhook_delivery"} <= {s[0] for s in spans} else None
-
-    spans = wait_until(complete, timeout=10, what="webhook and webhook-delivery spans")
+    spans = wait_for_spans(receiver, {"omni.webhook", "omni.webhook_delivery"})
     [webhook] = [s for s in spans if s[0] == "omni.webhook"]
     [delivery] = [s for s in spans if s[0] == "omni.webhook_delivery"]
     assert delivery[1] == webhook[1] and delivery[3] == webhook[2]  # same trace, child of the ingest
