@@ -87,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             ctx = Context(plan, backend, workdir / name, args.cache_dir, fakes)
             if args.asyncio_driver:
                 ctx.use_wrk = False
-            log(f"backend {name}: {backend.describe()}; load generator: {'wrk' if ctx.use_wrk else 'asyncio driver'}")
+            generator = "wrk" if ctx.use_wrk else "asyncio driver"
+            if not ctx.use_wrk and not args.asyncio_driver:
+                # The asyncio driver costs the machine more CPU than wrk, which lowers every figure.
+                generator += " (wrk not found: `make bench` installs it, or apt-get install wrk)"
+            log(f"backend {name}: {backend.describe()}; load generator: {generator}")
             meta = {**facts, "backend": backend.describe()}
             informational = "" if name == report.TARGET_BACKEND else " (informational)"
             results: dict[str, Any] = {}
