@@ -45,6 +45,7 @@ from omni_core.store.base import (
     pick_within_share,
     tenants_at_cap,
 )
+from omni_core.store.postgres_ingest import IngestBatcher
 from omni_core.store.rows import (
     INSTANCE_COLUMNS,
     JOB_COLUMNS,
@@ -91,35 +92,6 @@ INSERT_JOB_PG = (
 )
 
 
-#: A new message, its queued jobs and its ingest trace rows in one statement (one round trip,
-#: atomic without an explicit transaction). $1-$12: the message row; $13-$18: the jobs as
-#: arrays (id, kind, lane, max_attempts, run_at, payload); $19-$28: the trace rows as arrays
-#: (tenant, job_id, stage, plugin, attempt, at, duration_ms, outcome, status_code, error). A
-#: duplicate inserts no job, and its trace rows go to the stored message; a duplicate committed
-#: by another transaction while this statement ran is invisible to it: then nothing but the
-#: (failed) message insert happens and `id` comes back NULL.
-INGEST_PG = (
-    "WITH m AS (" + INSERT_MESSAGE_PG + " ON CONFLICT DO NOTHING RETURNING id),"
-    " j AS (INSERT INTO jobs (id, tenant_id, kind, lane, message_id, status, attempts, max_attempts, run_at,"
-    " payload, created_at, updated_at)"
-    " SELECT r.id, $2, r.kind, r.lane, m.id, 'queued', 0, r.max_attempts, r.run_at, r.payload, $10, $10"
-    " FROM m, unnest($13::text[], $14::text[], $15::text[], $16::int[], $17::float8[], $18::text[])"
-    " AS r(id, kind, lane, max_attempts, run_at, payload)),"
-    " found AS (SELECT COALESCE((SELECT id FROM m), (SELECT id FROM messages"
-    " WHERE tenant_id = $2 AND instance = $3 AND external_id = $6)) AS id, EXISTS (SELECT 1 FROM m) AS accepted),"
-    " t AS (INSERT INTO traces (tenant_id, message_id, job_id, stage, plugin, attempt, at, duration_ms, outcome,"
-    " status_code, error)"
-    " SELECT r.tenant, found.id, r.job_id, r.stage, r.plugin, r.attempt, r.at, r.duration_ms,"
-    " CASE WHEN r.stage = 'deduplicated' THEN CASE WHEN found.accepted THEN 'new' ELSE 'duplicate' END"
-    " ELSE r.outcome END, r.status_code, r.error"
-    " FROM found, unnest($19::text[], $20::text[], $21::text[], $22::text[], $23::int[], $24::text[],"
-    " $25::float8[], $26::text[], $27::int[], $28::text[])"
-    " AS r(tenant, job_id, stage, plugin, attempt, at, duration_ms, outcome, status_code, error)"
-    " WHERE found.id IS NOT NULL)"
-    " SELECT id, accepted FROM found"
-)
-
-
 #: Store a key unless the tenant holds it unexpired ($6: the expiry cut-off); returns a row only
 #: when this statement stored it. A concurrent transaction's uncommitted insert of the same key
 #: makes this one wait on the primary key until that transaction ends, then conflict (or insert,
@@ -154,24 +126,6 @@ async def _insert_leased_if_head(conn: Any, job: NewJob, message: Message, now: 
     await conn.execute("UPDATE messages SET status = 'processing' WHERE id = $1", message.id)
     message.status = "processing"
     return leased_job(job, int(seq), message.tenant, message.id, now, lease, message)
-
-
-def _job_arrays(job: NewJob | None, extra: Sequence[NewJob]) -> list[list[Any]]:
-    """The queued jobs of a new message as INGEST_PG's column arrays."""
-    jobs = ([job] if job is not None else []) + list(extra)
-    columns = _columns(jobs, ("id", "kind", "lane", "max_attempts", "run_at"))
-    return [*columns, [json_encode(j.payload).decode() for j in jobs]]
-
-
-def _trace_arrays(traces: Sequence[TraceRecord]) -> list[list[Any]]:
-    """Ingest trace rows as INGEST_PG's column arrays (the message id is set by the statement)."""
-    fields = ("tenant", "job_id", "stage", "plugin", "attempt", "at", "duration_ms", "outcome", "status_code", "error")
-    return _columns(traces, fields)
-
-
-def _columns(items: Sequence[Any], fields: Sequence[str]) -> list[list[Any]]:
-    """One list per field, each item's value in item order (rows to unnest()'s column arrays)."""
-    return [[getattr(item, field) for item in items] for field in fields]
 
 
 def _job_args(job: NewJob, tenant: str, message_id: str | None, now: str) -> tuple[Any, ...]:
@@ -217,6 +171,7 @@ class PostgresStore(Store):
         self.dsn = dsn
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
+        self._ingest: IngestBatcher | None = None
         self._listener: asyncpg.Connection | None = None
         self._listener_task: asyncio.Task[None] | None = None
         self._job_callbacks: list[Callable[[], None]] = []
@@ -233,6 +188,7 @@ class PostgresStore(Store):
     async def open(self) -> None:
         self._closing = False
         self._pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=self.pool_size, command_timeout=60)
+        self._ingest = IngestBatcher(self._pool)
         try:
             self.applied_migrations = await self.migrate()
             await self._listen()
@@ -311,6 +267,10 @@ class PostgresStore(Store):
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
+        if self._ingest is not None:
+            # Messages already queued are stored before the pool closes (their callers wait for them).
+            await self._ingest.drain()
+            self._ingest = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -319,6 +279,11 @@ class PostgresStore(Store):
         if self._pool is None:
             raise RuntimeError("store is closed")
         return self._pool
+
+    def _require_ingest(self) -> IngestBatcher:
+        if self._ingest is None:
+            raise RuntimeError("store is closed")
+        return self._ingest
 
     async def ping(self) -> None:
         await self._require_pool().fetchval("SELECT 1")
@@ -531,11 +496,10 @@ class PostgresStore(Store):
     ) -> InsertOutcome:
         row = message_row(message, now)
         if lease is None:
-            found = await self._require_pool().fetchrow(
-                INGEST_PG, *row, *_job_arrays(job, extra_jobs), *_trace_arrays(traces)
-            )
-            if found is not None and found[0] is not None:
-                return InsertOutcome(accepted=bool(found[1]), id=found[0])
+            jobs = ([job] if job is not None else []) + list(extra_jobs)
+            stored_id, accepted = await self._require_ingest().submit(row, jobs, traces)
+            if stored_id is not None:
+                return InsertOutcome(accepted=accepted, id=stored_id)
             # A duplicate that committed while the statement ran: the general path finds it.
         async with self._require_pool().acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(INSERT_MESSAGE_PG + " ON CONFLICT DO NOTHING RETURNING id", *row)
