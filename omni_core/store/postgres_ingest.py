@@ -129,6 +129,9 @@ class IngestBatcher:
     messages is retried in a statement of its own, so one bad message fails only itself.
     """
 
+    #: More than one batch in flight so that a batch waiting on a row lock (a copy of one of its
+    #: webhooks being stored by another replica) does not hold up every other webhook; more than a
+    #: few only adds contention (c=64, alternating runs: 1 -> 4.7k, 3 -> 4.6k, 8 -> 4.2k ack/s).
     def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 256, max_inflight: int = 3) -> None:
         self._pool = pool
         self._max_batch = max_batch
