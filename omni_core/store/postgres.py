@@ -188,7 +188,7 @@ class PostgresStore(Store):
     async def open(self) -> None:
         self._closing = False
         self._pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=self.pool_size, command_timeout=60)
-        self._ingest = IngestBatcher(self._pool)
+        self._ingest = IngestBatcher(self._pool, unavailable=self.unavailable)
         try:
             self.applied_migrations = await self.migrate()
             await self._listen()

@@ -121,3 +121,27 @@ def test_batch_arguments_are_column_arrays_with_each_row_s_position() -> None:
     assert args[18] == ["{}", "{}"]  # payloads as JSON text
     assert args[19] == [1, 2, 2]  # trace rows: one of the first message, two of the second
     assert batch[0].key == ("t1", "i1", "A")
+
+
+class _DownPool:
+    """A pool whose database is unreachable: every statement fails with a connection error."""
+
+    def __init__(self) -> None:
+        self.statements = 0
+
+    async def fetch(self, *_: object) -> list[object]:
+        self.statements += 1
+        raise ConnectionRefusedError("connection refused")
+
+
+async def test_an_unreachable_database_fails_the_batch_once_not_message_by_message() -> None:
+    """Retrying each message alone is for a message the database refuses; when the database is
+    down it would only multiply the wait, so the whole batch fails at once with the error."""
+    pool = _DownPool()
+    batcher = IngestBatcher(pool, unavailable=lambda exc: isinstance(exc, ConnectionRefusedError))
+    messages = [msg(external_id=f"D{i}") for i in range(4)]
+    futures = [batcher.submit(message_row(m, NOW), [job_for(m)], []) for m in messages]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert all(isinstance(r, ConnectionRefusedError) for r in results)
+    assert pool.statements == 1
+    await batcher.drain()
