@@ -184,6 +184,53 @@ async def test_history_pages_newest_first(store: Store) -> None:
     assert (await store.history(HistoryQuery(tenant="t2"))).messages == []
 
 
+def _outbound_with_deliver(store: Store, chat: str = "a") -> tuple[Message, NewJob]:
+    out = msg(chat=chat)
+    out.direction = "outbound"
+    return out, NewJob(id=new_id("job"), kind="deliver", lane=f"d-{chat}", max_attempts=3, run_at=0)
+
+
+async def test_finish_deliver_records_the_send_its_traces_and_its_event_jobs(store: Store) -> None:
+    out, deliver = _outbound_with_deliver(store)
+    await store.insert_message(out, deliver, NOW)
+    [job] = await store.claim_jobs("w", 10, time.time(), 30)
+    trace = TraceRecord(tenant="t1", stage="deliver", outcome="ok", at=NOW, message_id=out.id, job_id=job.id)
+    events = [
+        NewJob(id=new_id("job"), kind="webhook", lane=f"wh-{i}", max_attempts=5, run_at=0, payload={"n": i})
+        for i in range(2)
+    ]
+    assert await store.finish_deliver(job, "WA-9", "sent", NOW, events, [trace])
+    got = await store.get_message(out.id)
+    assert got is not None and got.status == "sent" and got.external_id == "WA-9"
+    assert [t.stage for t in await store.traces_for_message(out.id)] == ["deliver"]
+    jobs = {j.id: j for j in await store.jobs_for_message(out.id)}
+    assert jobs[job.id].status == "done" and jobs[job.id].lease_owner is None
+    assert [(jobs[e.id].kind, jobs[e.id].status, jobs[e.id].payload) for e in events] == [
+        ("webhook", "queued", {"n": 0}),
+        ("webhook", "queued", {"n": 1}),
+    ]
+    # The same job finished again (its lease is gone): nothing more is written.
+    assert not await store.finish_deliver(job, "WA-X", "read", NOW, events[:1], [trace])
+    again = await store.get_message(out.id)
+    assert again is not None and again.status == "sent" and again.external_id == "WA-9"
+    assert len(await store.traces_for_message(out.id)) == 1
+    assert len(await store.jobs_for_message(out.id)) == 3
+
+
+async def test_finishing_a_webhook_delivery_leaves_its_message_alone(store: Store) -> None:
+    out, deliver = _outbound_with_deliver(store)
+    hook = NewJob(id=new_id("job"), kind="webhook", lane="wh", max_attempts=5, run_at=0)
+    await store.insert_message(out, deliver, NOW, extra_jobs=[hook])
+    claimed = {j.kind: j for j in await store.claim_jobs("w", 10, time.time(), 30)}
+    extra = NewJob(id=new_id("job"), kind="webhook", lane="wh2", max_attempts=5, run_at=0)
+    before = await store.get_message(out.id)
+    assert await store.finish_deliver(claimed["webhook"], "WA-1", "sent", NOW, [extra])
+    got = await store.get_message(out.id)
+    assert before is not None and got is not None
+    assert (got.status, got.external_id) == (before.status, None)
+    assert extra.id not in {j.id for j in await store.jobs_for_message(out.id)}
+
+
 async def test_finish_deliver_folds_in_an_early_echo(store: Store) -> None:
     out = msg(chat="a")
     out.direction = "outbound"
