@@ -121,6 +121,49 @@ FINISH_DELIVER_PG = (
 )
 
 
+#: A route job's completion in one statement (one round trip, atomic without an explicit
+#: transaction): close the job if this worker still holds its lease, set the inbound message's
+#: status, store the replies and their jobs, and add the attempt's trace rows. $1 job id, $2 lease
+#: owner, $3 now, $4 the inbound message id (may be NULL), $5 its new status; $6-$17 the reply
+#: message rows as column arrays; $18-$25 their jobs (the reply's position, id, kind, lane,
+#: max_attempts, run_at, payload, and whether it may be handed off); $26/$27 the hand-off lease
+#: (owner NULL: none); $28-$38 trace rows. The one job marked for hand-off is stored already
+#: leased when its lane has nothing queued or running (its reply then `processing`), in the same
+#: INSERT as the other jobs so that it keeps its place (seq) ahead of the later parts. Returns
+#: whether the job was closed and the handed-off job's seq (NULL: nothing handed off).
+FINISH_ROUTE_PG = (
+    "WITH closed AS (UPDATE jobs SET status = 'done', lease_owner = NULL, lease_until = NULL, updated_at = $3"
+    " WHERE id = $1 AND lease_owner = $2 AND status = 'running' RETURNING 1),"
+    " src AS (UPDATE messages SET status = $5, error = NULL, updated_at = $3"
+    " WHERE id = $4 AND EXISTS (SELECT 1 FROM closed)),"
+    " rin AS (SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],"
+    " $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::bytea[]) WITH ORDINALITY"
+    " AS i(id, tenant_id, instance, source, direction, external_id, chat_id, status, timestamp, created_at,"
+    " updated_at, body, rn)),"
+    " jin AS (SELECT r.*, r.hand AND $26::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM jobs a"
+    " WHERE a.lane = r.lane AND a.status IN ('queued', 'running')) AS leased"
+    " FROM unnest($18::bigint[], $19::text[], $20::text[], $21::text[], $22::int[], $23::float8[], $24::text[],"
+    " $25::bool[]) WITH ORDINALITY AS r(rn, id, kind, lane, max_attempts, run_at, payload, hand, k)),"
+    " rm AS (INSERT INTO messages (id, tenant_id, instance, source, direction, external_id, chat_id, status,"
+    " timestamp, created_at, updated_at, body)"
+    " SELECT i.id, i.tenant_id, i.instance, i.source, i.direction, i.external_id, i.chat_id,"
+    " CASE WHEN EXISTS (SELECT 1 FROM jin WHERE jin.rn = i.rn AND jin.leased) THEN 'processing' ELSE i.status END,"
+    " i.timestamp, i.created_at, i.updated_at, i.body FROM rin i WHERE EXISTS (SELECT 1 FROM closed) ORDER BY i.rn),"
+    " j AS (INSERT INTO jobs (id, tenant_id, kind, lane, message_id, status, attempts, max_attempts, run_at,"
+    " payload, created_at, updated_at, lease_owner, lease_until)"
+    " SELECT r.id, i.tenant_id, r.kind, r.lane, i.id, CASE WHEN r.leased THEN 'running' ELSE 'queued' END,"
+    " CASE WHEN r.leased THEN 1 ELSE 0 END, r.max_attempts, r.run_at, r.payload, $3, $3,"
+    " CASE WHEN r.leased THEN $26 END, CASE WHEN r.leased THEN $27::float8 END"
+    " FROM jin r JOIN rin i ON i.rn = r.rn WHERE EXISTS (SELECT 1 FROM closed) ORDER BY r.k"
+    " RETURNING seq, status),"
+    " t AS (INSERT INTO traces (tenant_id, message_id, job_id, stage, plugin, attempt, at, duration_ms, outcome,"
+    " status_code, error) SELECT * FROM unnest($28::text[], $29::text[], $30::text[], $31::text[], $32::text[],"
+    " $33::int[], $34::text[], $35::float8[], $36::text[], $37::int[], $38::text[])"
+    " WHERE EXISTS (SELECT 1 FROM closed))"
+    " SELECT EXISTS (SELECT 1 FROM closed), (SELECT seq FROM j WHERE status = 'running')"
+)
+
+
 #: Store a key unless the tenant holds it unexpired ($6: the expiry cut-off); returns a row only
 #: when this statement stored it. A concurrent transaction's uncommitted insert of the same key
 #: makes this one wait on the primary key until that transaction ends, then conflict (or insert,
@@ -797,28 +840,45 @@ class PostgresStore(Store):
         traces: Sequence[TraceRecord] = (),
         hand_off: Lease | None = None,
     ) -> Finished:
-        next_job = None
-        async with self._require_pool().acquire() as conn, conn.transaction():
-            if not await _close_job(conn, job, "done", None, now):
-                return Finished(ok=False)
-            if job.message_id is not None:
-                await conn.execute(
-                    "UPDATE messages SET status = $1, error = NULL, updated_at = $2 WHERE id = $3",
-                    message_status,
-                    now,
-                    job.message_id,
+        job_rows: list[tuple[Any, ...]] = []
+        handed: tuple[Message, NewJob] | None = None
+        lanes: set[str] = set()
+        for position, (message, jobs) in enumerate(replies, 1):
+            for new_job in jobs:
+                # Only the first reply's send may be handed off, and only as its lane's first job
+                # here: later parts queue behind it.
+                hand = (
+                    hand_off is not None
+                    and handed is None
+                    and position == 1
+                    and new_job.kind == "deliver"
+                    and new_job.lane not in lanes
                 )
-            for i, (message, jobs) in enumerate(replies):
-                await conn.execute(INSERT_MESSAGE_PG, *message_row(message, now))
-                for new_job in jobs:
-                    # Only the first reply's send may be handed off: later parts queue behind it.
-                    if i == 0 and new_job.kind == "deliver" and hand_off is not None and next_job is None:
-                        next_job = await _insert_leased_if_head(conn, new_job, message, now, hand_off)
-                        if next_job is not None:
-                            continue
-                    await conn.execute(INSERT_JOB_PG, *_job_args(new_job, message.tenant, message.id, now))
-            if traces:
-                await conn.executemany(INSERT_TRACE_PG, [trace_row(r) for r in traces])
+                if hand:
+                    handed = (message, new_job)
+                lanes.add(new_job.lane)
+                args = _job_args(new_job, message.tenant, message.id, now)
+                job_rows.append((position, *(args[c] for c in _JOB_ARRAY_COLUMNS), hand))
+        closed, seq = await self._require_pool().fetchrow(
+            FINISH_ROUTE_PG,
+            job.id,
+            job.lease_owner,
+            now,
+            job.message_id,
+            message_status,
+            *_column_arrays([message_row(m, now) for m, _ in replies], range(12)),
+            *_column_arrays(job_rows, range(8)),
+            hand_off.owner if hand_off is not None else None,
+            hand_off.until if hand_off is not None else None,
+            *_column_arrays([trace_row(r) for r in traces], range(11)),
+        )
+        if not closed:
+            return Finished(ok=False)
+        next_job = None
+        if seq is not None and handed is not None and hand_off is not None:
+            message, new_job = handed
+            message.status = "processing"
+            next_job = leased_job(new_job, int(seq), message.tenant, message.id, now, hand_off, message)
         return Finished(ok=True, next_job=next_job)
 
     async def finish_deliver(

@@ -165,29 +165,38 @@ class IngestBatcher:
     def _flush(self) -> None:
         self._scheduled = False
         while self._pending and len(self._running) < self._max_inflight:
-            batch = self._take()
-            if not batch:
+            batch, copies_left = self._take()
+            if batch:
+                task = asyncio.get_running_loop().create_task(self._run(batch), name="omni-pg-ingest")
+                self._running.add(task)
+                task.add_done_callback(self._done)
+            if not batch or copies_left:
+                # A copy of a webhook in this batch waits for a batch to end, so that it usually
+                # finds its twin committed (first come, first stored) instead of racing it.
                 break
-            task = asyncio.get_running_loop().create_task(self._run(batch), name="omni-pg-ingest")
-            self._running.add(task)
-            task.add_done_callback(self._done)
 
-    def _take(self) -> list[PendingIngest]:
-        """The next batch: pending messages in order, a second copy of a webhook left for later."""
+    def _take(self) -> tuple[list[PendingIngest], bool]:
+        """The next batch (pending messages in order), and whether a second copy of one of its
+        webhooks was left for a later one."""
         batch: list[PendingIngest] = []
         left: list[PendingIngest] = []
         keys: set[tuple[Any, ...]] = set()
+        copies_left = False
         for item in self._pending:
             if item.future.done():  # its caller gave up (cancelled) before it left: drop it
                 continue
-            if len(batch) >= self._max_batch or (item.key is not None and item.key in keys):
+            if item.key is not None and item.key in keys:
+                copies_left = True
+                left.append(item)
+                continue
+            if len(batch) >= self._max_batch:
                 left.append(item)
                 continue
             if item.key is not None:
                 keys.add(item.key)
             batch.append(item)
         self._pending = left
-        return batch
+        return batch, copies_left
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
