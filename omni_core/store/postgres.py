@@ -200,7 +200,7 @@ async def _insert_leased_if_head(conn: Any, job: NewJob, message: Message, now: 
     return leased_job(job, int(seq), message.tenant, message.id, now, lease, message)
 
 
-#: Positions in a ``_job_args`` row of the columns FINISH_DELIVER_PG takes as arrays.
+#: Positions in a ``_job_args`` row of the job columns the FINISH_* statements take as arrays.
 _JOB_ARRAY_COLUMNS = (0, 2, 3, 5, 6, 7)
 
 

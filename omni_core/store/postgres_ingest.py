@@ -130,9 +130,9 @@ class IngestBatcher:
     ``unavailable(error)`` says the database itself is unreachable: then the batch fails at once.
     """
 
-    #: More than one batch in flight so that a batch waiting on a row lock (a copy of one of its
-    #: webhooks being stored by another replica) does not hold up every other webhook; more than a
-    #: few only adds contention (c=64, alternating runs: 1 -> 4.7k, 3 -> 4.6k, 8 -> 4.2k ack/s).
+    # More than one batch in flight so that a batch waiting on a row lock (a copy of one of its
+    # webhooks being stored by another replica) does not hold up every other webhook; more than a
+    # few only adds contention (c=64, alternating runs: 1 -> 4.7k, 3 -> 4.6k, 8 -> 4.2k ack/s).
     def __init__(
         self,
         pool: asyncpg.Pool,
