@@ -1,0 +1,3 @@
+-- PostgreSQL only (its omni_jobs trigger now notifies only when jobs were stored). SQLite has no
+-- such trigger: one process owns the file and wakes its own dispatcher. The file keeps the two
+-- dialects' migration numbers the same.
