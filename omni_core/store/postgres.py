@@ -918,29 +918,30 @@ class PostgresStore(Store):
         extra_jobs: Sequence[NewJob],
         trace_rows: Sequence[tuple[Any, ...]],
     ) -> bool:
-        """finish_deliver when the platform's echo of the send is stored: a transaction that merges it."""
+        """finish_deliver when the platform's echo of the send is stored: a transaction that merges it.
+
+        Only reached for a delivery that changes its message (FINISH_DELIVER_PG found the echo
+        by the message id and the platform id), so both are set here.
+        """
         async with self._require_pool().acquire() as conn, conn.transaction():
             if not await _close_job(conn, job, "done", None, now):
                 return False
             if trace_rows:
                 await conn.executemany(INSERT_TRACE_PG, trace_rows)
-            if job.message_id is None or job.kind == "webhook":
-                return True  # a webhook delivery reports on a message; it does not change it
             new_status = status
-            if external_id is not None:
-                # The platform may have echoed our send back as a webhook before we got here;
-                # that row is this same message: fold it in.
-                echo = await conn.fetchrow(
-                    "SELECT m.id, m.status FROM messages m JOIN messages o ON o.id = $1"
-                    " WHERE m.tenant_id = o.tenant_id AND m.instance = o.instance AND m.external_id = $2"
-                    " AND m.id != o.id",
-                    job.message_id,
-                    external_id,
-                )
-                if echo is not None:
-                    await conn.execute("DELETE FROM messages WHERE id = $1", echo[0])
-                    if STATUS_RANK.get(echo[1], 0) > STATUS_RANK.get(status, 0):
-                        new_status = echo[1]
+            # The platform echoed our send back as a webhook before we got here; that row is this
+            # same message: fold it in (read again: it may have gone since the statement looked).
+            echo = await conn.fetchrow(
+                "SELECT m.id, m.status FROM messages m JOIN messages o ON o.id = $1"
+                " WHERE m.tenant_id = o.tenant_id AND m.instance = o.instance AND m.external_id = $2"
+                " AND m.id != o.id",
+                job.message_id,
+                external_id,
+            )
+            if echo is not None:
+                await conn.execute("DELETE FROM messages WHERE id = $1", echo[0])
+                if STATUS_RANK.get(echo[1], 0) > STATUS_RANK.get(status, 0):
+                    new_status = echo[1]
             await conn.execute(
                 "UPDATE messages SET status = $1, external_id = COALESCE($2, external_id), error = NULL,"
                 " updated_at = $3 WHERE id = $4",
