@@ -487,7 +487,7 @@ class _Pool:
             self.discard(conn, graceful)
 
 
-class _ResponseStream(httpx.AsyncByteStream):
+class ResponseStream(httpx.AsyncByteStream):
     """The response body as it arrives; closing it returns the connection to the pool or closes it."""
 
     __slots__ = ("_close", "_conn", "_pool", "_timeout")
@@ -498,7 +498,7 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._timeout = timeout
         self._close = close  # the request asked for Connection: close
 
-    def __aiter__(self) -> _ResponseStream:
+    def __aiter__(self) -> ResponseStream:
         return self
 
     async def __anext__(self) -> bytes:
@@ -517,13 +517,38 @@ class _ResponseStream(httpx.AsyncByteStream):
             raise StopAsyncIteration
         return data
 
-    async def aclose(self) -> None:
-        # No await in here: it runs from except/finally blocks of cancelled tasks too.
+    async def read_all(self) -> bytes:
+        """The rest of the body in one call: what iterating the stream yields, joined (without an
+        async iterator step per chunk, for :class:`omni_core.http_client.HubClient`)."""
+        conn = self._conn
+        if conn is None:
+            return b""
+        chunks: list[bytes] = []
+        while True:
+            data = conn.take()
+            if data is None:
+                try:
+                    data = await conn.read(self._timeout)
+                except BaseException:
+                    self._conn = None  # as in __anext__: never reuse a connection that failed mid-body
+                    self._pool.discard(conn)
+                    raise
+            if not data:
+                break
+            chunks.append(data)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def close_now(self) -> None:
+        """:meth:`aclose` without the coroutine: it never waits."""
         conn = self._conn
         if conn is not None:
             self._conn = None
             reuse = conn.message_done and conn.keep_alive and not self._close and conn.error is None
             self._pool.release(conn, reuse)
+
+    async def aclose(self) -> None:
+        # No await in here: it runs from except/finally blocks of cancelled tasks too.
+        self.close_now()
 
 
 class PooledTransport(httpx.AsyncBaseTransport):
@@ -700,7 +725,7 @@ class PooledTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             conn.status,
             headers=conn.headers,
-            stream=_ResponseStream(pool, conn, read_timeout, close),
+            stream=ResponseStream(pool, conn, read_timeout, close),
             extensions={
                 "http_version": b"HTTP/1.0" if conn.parser.get_http_version() == "1.0" else b"HTTP/1.1",
                 "reason_phrase": conn.reason,

@@ -182,7 +182,11 @@ async def test_fast_path_bodies_read_like_httpx_plain_empty_and_gzip() -> None:
 
 
 _header_names = st.sampled_from(
-    ["Content-Type", "Authorization", "User-Agent", "Accept", "Host", "Content-Length", "Transfer-Encoding", "X-Trace"]
+    # Both spellings of the client's default names: a given name replaces the default whatever its case.
+    [
+        *("Content-Type", "Authorization", "User-Agent", "user-agent", "Accept", "ACCEPT", "accept-encoding"),
+        *("Host", "Content-Length", "Transfer-Encoding", "X-Trace", "x-trace"),
+    ]
 )
 _header_values = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789 /;=-", min_size=0, max_size=12)
 
@@ -217,6 +221,19 @@ def test_the_fast_request_builder_builds_what_httpx_builds(
     assert fast.extensions == slow.extensions
     again = client.build_request(method, url, content=content, timeout=timeout)
     assert fast.extensions["timeout"] is not again.extensions["timeout"]  # never shared between requests
+
+
+def test_header_values_outside_ascii_fail_as_in_httpx_and_bytes_pass_through() -> None:
+    client = make_http_client(Settings())
+    for bad in ({"X-Name": "olá"}, {"Nöme": "x"}):
+        with pytest.raises(UnicodeEncodeError):
+            httpx.AsyncClient.build_request(client, "POST", "http://h/p", headers=bad)
+        with pytest.raises(UnicodeEncodeError):
+            client.build_request("POST", "http://h/p", headers=bad)
+    raw: dict[Any, Any] = {b"X-Raw": "ol\xc3\xa1".encode("latin-1"), "User-Agent": b"agent/1"}
+    fast = client.build_request("POST", "http://h/p", headers=raw, content=b"{}")
+    slow = httpx.AsyncClient.build_request(client, "POST", "http://h/p", headers=raw, content=b"{}")
+    assert fast.headers.raw == slow.headers.raw
 
 
 def test_other_request_shapes_take_httpx_own_builder() -> None:

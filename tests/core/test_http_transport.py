@@ -142,12 +142,19 @@ class Server:
 
 @contextlib.asynccontextmanager
 async def serving(
-    handler: Handler, ssl_context: ssl.SSLContext | None = None, **options: object
+    handler: Handler,
+    ssl_context: ssl.SSLContext | None = None,
+    client_class: type[httpx.AsyncClient] = httpx.AsyncClient,
+    **options: object,
 ) -> AsyncIterator[tuple[Server, httpx.AsyncClient]]:
     async with Server(handler, ssl_context) as server:
         transport = PooledTransport(**options)  # type: ignore[arg-type]
-        async with httpx.AsyncClient(transport=transport, base_url=server.url, timeout=5.0) as client:
+        async with client_class(transport=transport, base_url=server.url, timeout=5.0) as client:
             yield server, client
+
+
+#: httpx's own client reads bodies through the stream's iterator; the hub's reads them in one call.
+CLIENTS = pytest.mark.parametrize("client_class", [httpx.AsyncClient, HubClient], ids=["httpx", "hub"])
 
 
 def live_connections(client: httpx.AsyncClient) -> list[object]:
@@ -238,7 +245,8 @@ async def test_idle_connections_beyond_the_cap_are_closed() -> None:
     ],
     ids=["content-length", "chunked", "close-delimited", "http1.0"],
 )
-async def test_body_framings(raw: bytes, expected: bytes, reused: bool) -> None:
+@CLIENTS
+async def test_body_framings(raw: bytes, expected: bytes, reused: bool, client_class: type[httpx.AsyncClient]) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
         while await read_request(reader) is not None:
             for i in range(0, len(raw), 7):  # split across TCP writes
@@ -247,7 +255,7 @@ async def test_body_framings(raw: bytes, expected: bytes, reused: bool) -> None:
             if (b"Content-Length" not in raw and b"chunked" not in raw) or b"HTTP/1.0" in raw:
                 return  # close-delimited / HTTP/1.0: EOF ends the body
 
-    async with serving(handler) as (server, client):
+    async with serving(handler, client_class=client_class) as (server, client):
         for _ in range(3):
             response = await client.get("/")
             assert response.status_code == 200 and response.content == expected
@@ -484,7 +492,8 @@ async def test_garbage_response_is_a_protocol_error() -> None:
             await client.get("/")
 
 
-async def test_reset_mid_body_is_an_error_not_a_short_body() -> None:
+@CLIENTS
+async def test_reset_mid_body_is_an_error_not_a_short_body(client_class: type[httpx.AsyncClient]) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"a" * 1000)
@@ -494,9 +503,10 @@ async def test_reset_mid_body_is_an_error_not_a_short_body() -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()  # RST
 
-    async with serving(handler) as (_, client):
+    async with serving(handler, client_class=client_class) as (_, client):
         with pytest.raises(httpx.ReadError):
             await client.get("/")
+        assert live_connections(client) == []  # a connection that failed mid-body is never reused
 
 
 @pytest.mark.parametrize(
@@ -507,14 +517,16 @@ async def test_reset_mid_body_is_an_error_not_a_short_body() -> None:
     ],
     ids=["content-length", "chunked"],
 )
-async def test_peer_closing_mid_body_is_a_protocol_error(partial: bytes) -> None:
+@CLIENTS
+async def test_peer_closing_mid_body_is_a_protocol_error(partial: bytes, client_class: type[httpx.AsyncClient]) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
         await read_request(reader)
         writer.write(partial)
 
-    async with serving(handler) as (_, client):
+    async with serving(handler, client_class=client_class) as (_, client):
         with pytest.raises(httpx.RemoteProtocolError):
             await client.get("/")
+        assert live_connections(client) == []
 
 
 async def test_invalid_chunk_mid_body_is_a_protocol_error() -> None:
