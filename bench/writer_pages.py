@@ -40,7 +40,6 @@ from omni_core.model import Message, now_iso
 from omni_core.pipeline import lane_for
 from omni_core.store import sqlite as store_sqlite
 from omni_core.store.base import NewJob, TraceRecord
-from omni_core.store.rows import message_row
 from omni_core.store.sqlite_writer import run_ops
 
 Op = tuple[Callable[..., Any], tuple[Any, ...]]
@@ -72,7 +71,7 @@ def ingest_op(rnd: random.Random, n: int, tenants: int, chats: int) -> Op:
         TraceRecord(tenant=message.tenant, stage=stage, outcome=outcome, plugin=plugin, duration_ms=ms, at=now)
         for stage, outcome, plugin, ms in (*stages, ("deduplicated", "pending", None, None))
     ]
-    return store_sqlite._write_insert_message, (message_row(message, now), job, now, (), traces, None)
+    return store_sqlite._write_insert_message, store_sqlite.insert_message_args(message, job, now, (), traces, None)
 
 
 def wal_frames(path: Path) -> list[tuple[int, bool]]:

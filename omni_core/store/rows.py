@@ -256,12 +256,19 @@ def trace_row(r: TraceRecord, message_id: str | None = None) -> tuple[Any, ...]:
 
 def ingest_trace_rows(traces: Sequence[TraceRecord], outcome_id: str, accepted: bool) -> list[tuple[Any, ...]]:
     """Trace rows for a message insert: all against the stored id; dedup says what happened."""
-    rows = []
-    for t in traces:
-        if t.stage == "deduplicated":
-            t = msgspec.structs.replace(t, outcome="new" if accepted else "duplicate")
-        rows.append(trace_row(t, message_id=outcome_id))
-    return rows
+    return stamp_ingest_rows([trace_row(t) for t in traces], outcome_id, accepted)
+
+
+def stamp_ingest_rows(rows: Sequence[tuple[Any, ...]], outcome_id: str, accepted: bool) -> list[tuple[Any, ...]]:
+    """:func:`trace_row` rows of a message insert set against the stored id (a duplicate's rows
+    go to the message stored first), with the ``deduplicated`` row's outcome filled in."""
+    stamped = []
+    for row in rows:
+        if row[3] == "deduplicated":
+            stamped.append((row[0], outcome_id, *row[2:8], "new" if accepted else "duplicate", *row[9:]))
+        else:
+            stamped.append((row[0], outcome_id, *row[2:]))
+    return stamped
 
 
 def where(conditions: Sequence[tuple[str, str, Any]], mark: Callable[[int], str]) -> tuple[str, list[Any]]:

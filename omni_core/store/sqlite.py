@@ -55,7 +55,6 @@ from omni_core.store.rows import (
     TENANT_COLUMNS,
     TRACE_COLUMNS,
     WEBHOOK_COLUMNS,
-    ingest_trace_rows,
     instance_from_row,
     instance_row,
     job_from_row,
@@ -64,6 +63,7 @@ from omni_core.store.rows import (
     message_from_row,
     message_row,
     replay_of,
+    stamp_ingest_rows,
     tenant_from_row,
     trace_conditions,
     trace_from_row,
@@ -71,6 +71,19 @@ from omni_core.store.rows import (
     webhook_from_row,
     webhook_row,
     where,
+)
+from omni_core.store.sqlite_wire import (
+    ClaimedWire,
+    InsertWire,
+    JobWire,
+    NewJobWire,
+    claimed_from_wire,
+    insert_outcome_from_wire,
+    job_from_wire,
+    job_wire,
+    new_job_from_wire,
+    new_job_wire,
+    new_jobs_wire,
 )
 from omni_core.store.sqlite_writer import GroupCommitWriter, WriteOp, WriterConnection, flush_rows, insert_rows
 from omni_core.store.sqlite_writer_process import ProcessWriter, WriterProcessError
@@ -372,8 +385,10 @@ class SqliteStore(Store):
         traces: Sequence[TraceRecord] = (),
         lease: Lease | None = None,
     ) -> InsertOutcome:
-        row = message_row(message, now)
-        result: InsertOutcome = await self._write(_write_insert_message, row, job, now, extra_jobs, traces, lease)
+        wire: InsertWire = await self._write(
+            _write_insert_message, *insert_message_args(message, job, now, extra_jobs, traces, lease)
+        )
+        result = insert_outcome_from_wire(wire)
         if result.leased is not None:
             # Leased in the writer as a claim would: the message moved to processing there.
             message.status = "processing"
@@ -458,10 +473,10 @@ class SqliteStore(Store):
     ) -> list[Job]:
         excluded = tenants_at_cap(busy, tenant_cap)
 
-        result: list[Job] = await self._write(
+        claimed: list[ClaimedWire] = await self._write(
             _write_claim_jobs, owner, limit, now, lease_seconds, busy, tenant_cap, excluded
         )
-        return result
+        return claimed_from_wire(claimed)
 
     async def extend_leases(self, owner: str, job_ids: Sequence[str], until: float) -> int:
         if not job_ids:
@@ -481,10 +496,11 @@ class SqliteStore(Store):
         hand_off: Lease | None = None,
     ) -> Finished:
         trace_rows = [trace_row(r) for r in traces]
-        reply_rows = [(message_row(message, now), jobs) for message, jobs in replies]
-        result: Finished = await self._write(
+        reply_rows = [(message_row(message, now), new_jobs_wire(jobs)) for message, jobs in replies]
+        ok, next_wire = await self._write(
             _write_finish_route, _JobRef.of(job), message_status, reply_rows, now, trace_rows, hand_off
         )
+        result = Finished(ok=ok, next_job=None if next_wire is None else job_from_wire(next_wire))
         if result.next_job is not None:
             first = replies[0][0]
             first.status = "processing"
@@ -811,17 +827,32 @@ def _write_delete_instance(db: sqlite3.Connection, instance_id: str) -> bool:
     return db.execute("DELETE FROM instances WHERE id = ?", (instance_id,)).rowcount == 1
 
 
+def insert_message_args(
+    message: Message,
+    job: NewJob | None,
+    now: str,
+    extra_jobs: Sequence[NewJob] = (),
+    traces: Sequence[TraceRecord] = (),
+    lease: Lease | None = None,
+) -> tuple[Any, ...]:
+    """The arguments of :func:`_write_insert_message` for storing ``message``, in their wire form."""
+    job_w = None if job is None else new_job_wire(job)
+    return message_row(message, now), job_w, now, new_jobs_wire(extra_jobs), [trace_row(t) for t in traces], lease
+
+
 def _write_insert_message(
     db: sqlite3.Connection,
     row: tuple[Any, ...],
-    job: NewJob | None,
+    job_w: NewJobWire | None,
     now: str,
-    extra_jobs: Sequence[NewJob],
-    traces: Sequence[TraceRecord],
+    extra_w: Sequence[NewJobWire],
+    trace_rows: Sequence[tuple[Any, ...]],
     lease: Lease | None,
-) -> InsertOutcome:
-    # The message travels as its row (see message_row): id, tenant, instance, ..., external_id.
+) -> InsertWire:
+    # The message travels as its row (see message_row): id, tenant, instance, ..., external_id;
+    # its jobs and trace rows as tuples (sqlite_wire).
     message_id, tenant, instance, external_id = row[0], row[1], row[2], row[5]
+    job = None if job_w is None else new_job_from_wire(job_w)
     cur = db.execute(INSERT_MESSAGE + " ON CONFLICT DO NOTHING", row)
     if cur.rowcount == 0:
         found = db.execute(
@@ -830,18 +861,18 @@ def _write_insert_message(
         ).fetchone()
         if found is None:  # a message id collision: never expected with ULIDs
             raise RuntimeError(f"message {message_id} could not be stored")
-        outcome = InsertOutcome(accepted=False, id=found[0])
+        outcome: InsertWire = (False, found[0], None)
     else:
         leased = None
         if job is not None and lease is not None:
             leased = _insert_leased_if_head(db, job, tenant, message_id, now, lease)
         if job is not None and leased is None:
             _insert_job(db, job, tenant, message_id, now)
-        for new_job in extra_jobs:
-            _insert_job(db, new_job, tenant, message_id, now)
-        outcome = InsertOutcome(accepted=True, id=message_id, leased=leased)
-    if traces:
-        insert_rows(db, INSERT_TRACE, ingest_trace_rows(traces, outcome.id, outcome.accepted))
+        for w in extra_w:
+            _insert_job(db, new_job_from_wire(w), tenant, message_id, now)
+        outcome = (True, message_id, None if leased is None else job_wire(leased))
+    if trace_rows:
+        insert_rows(db, INSERT_TRACE, stamp_ingest_rows(trace_rows, outcome[1], outcome[0]))
     return outcome
 
 
@@ -925,7 +956,7 @@ def _write_claim_jobs(
     busy: Mapping[str, int] | None,
     tenant_cap: int | None,
     excluded: Sequence[str],
-) -> list[Job]:
+) -> list[ClaimedWire]:
     # Only the head of a lane (its lowest unfinished seq) may run: that keeps one chat
     # strictly in order while other chats run in parallel. A job whose lease expired is
     # always a head (only heads run), so it is simply claimable again.
@@ -973,17 +1004,19 @@ def _write_claim_jobs(
             f"UPDATE messages SET status = 'processing', updated_at = ? WHERE id IN ({marks})",
             (stamp, *message_ids),
         )
-        # Loaded here, in the claim's own hop, so the worker need not read them again.
+        # Read here, in the claim's own hop, so the worker need not read them again (decoded on
+        # the hub's side: see sqlite_wire).
         loaded = {
-            row[0]: message_from_row(row[1], row[2], row[3])
+            row[0]: (row[1], row[2], row[3])
             for row in db.execute(
                 f"SELECT id, body, status, external_id FROM messages WHERE id IN ({marks})", message_ids
             )
         }
-        for job in jobs:
-            if job.kind != "webhook" and job.message_id is not None:
-                job.message = loaded.get(job.message_id)
-    return jobs
+        return [
+            (job_wire(job), loaded.get(job.message_id) if job.kind != "webhook" and job.message_id else None)
+            for job in jobs
+        ]
+    return [(job_wire(job), None) for job in jobs]
 
 
 def _write_extend_leases(db: sqlite3.Connection, owner: str, ids: Sequence[str], until: float) -> int:
@@ -999,13 +1032,14 @@ def _write_finish_route(
     db: sqlite3.Connection,
     job: _JobRef,
     message_status: MessageStatus,
-    replies: Sequence[tuple[tuple[Any, ...], Sequence[NewJob]]],
+    replies: Sequence[tuple[tuple[Any, ...], Sequence[NewJobWire]]],
     now: str,
     trace_rows: Sequence[tuple[Any, ...]],
     hand_off: Lease | None,
-) -> Finished:
+) -> tuple[bool, JobWire | None]:
+    """(whether the job was still ours, the reply's deliver job when it was handed off)."""
     if not _close_job(db, job, "done", None, now):
-        return Finished(ok=False)
+        return False, None
     if job.message_id is not None:
         db.execute(
             "UPDATE messages SET status = ?, error = NULL, updated_at = ? WHERE id = ?",
@@ -1015,7 +1049,7 @@ def _write_finish_route(
     for i, (row, jobs) in enumerate(replies):
         db.execute(INSERT_MESSAGE, row)
         message_id, tenant = row[0], row[1]
-        for new_job in jobs:
+        for new_job in map(new_job_from_wire, jobs):
             # Only the first reply's send may be handed off: later parts queue behind it.
             if i == 0 and new_job.kind == "deliver" and hand_off is not None and next_job is None:
                 next_job = _insert_leased_if_head(db, new_job, tenant, message_id, now, hand_off)
@@ -1024,7 +1058,7 @@ def _write_finish_route(
             _insert_job(db, new_job, tenant, message_id, now)
     if trace_rows:
         insert_rows(db, INSERT_TRACE, trace_rows)
-    return Finished(ok=True, next_job=next_job)
+    return True, None if next_job is None else job_wire(next_job)
 
 
 def _write_finish_deliver(

@@ -12,6 +12,7 @@ from omni_core.entities import Tenant, TenantWebhook
 from omni_core.events import status_event_jobs
 from omni_core.store.base import InsertOutcome, Lease, TraceRecord
 from omni_core.store.rows import message_row
+from omni_core.store.sqlite_wire import insert_outcome_from_wire
 from tests.core.test_store import NOW, job_for, msg
 
 
@@ -31,7 +32,8 @@ def test_every_write_function_pickles_by_reference() -> None:
 def test_an_insert_message_write_round_trips_through_pickle_and_runs() -> None:
     m = msg(external_id="ext-1")
     trace = TraceRecord(tenant="t1", stage="received", outcome="ok", at=NOW, message_id=m.id)
-    args = (message_row(m, NOW), job_for(m), NOW, [job_for(m)], [trace], Lease("w1", 123.0))
+    args = sqlite_store.insert_message_args(m, job_for(m), NOW, [job_for(m)], [trace], Lease("w1", 123.0))
+    assert args[0] == message_row(m, NOW)
     fn, copied = pickle.loads(pickle.dumps((sqlite_store._write_insert_message, args)))
     assert fn is sqlite_store._write_insert_message
     assert copied == args
@@ -41,7 +43,7 @@ def test_an_insert_message_write_round_trips_through_pickle_and_runs() -> None:
         assert sqlite_store._apply_migrations(db)
         tenant = Tenant(id="t1", name="T1", webhook_secret="s1", created_at=NOW, updated_at=NOW)
         assert sqlite_store._write_create_tenant(db, *pickle.loads(pickle.dumps((tenant, "h1"))))
-        outcome: InsertOutcome = fn(db, *copied)
+        outcome: InsertOutcome = insert_outcome_from_wire(pickle.loads(pickle.dumps(fn(db, *copied))))
     finally:
         db.close()
     assert outcome.accepted and outcome.id == m.id
