@@ -72,6 +72,15 @@ def test_pooled_transport_is_the_default_without_a_proxy(monkeypatch: pytest.Mon
     assert not client._mounts
 
 
+def test_the_pool_keeps_an_idle_connection_per_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for workers, idle in ((0, 32), (50, 50), (80, 80), (1000, 100)):
+        transport = make_http_client(Settings(workers=workers))._transport
+        assert isinstance(transport, PooledTransport)
+        assert (transport._max_idle, transport._max_connections) == (idle, 100)
+
+
 def test_a_proxy_in_the_environment_selects_httpx_own_transport(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     client = make_http_client(Settings())
