@@ -60,7 +60,7 @@ from omni_core import (
     StatusUpdate,
     Tenant,
 )
-from omni_core.model import decode_message
+from omni_core.model import decode_message, iso
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "evolution"
 TENANT = "ten_01HX0TESTTENANT"
@@ -375,6 +375,17 @@ def test_instance_name_fallback_when_envelope_has_none() -> None:
 )
 def test_timestamp_forms(value: Any, expected: str) -> None:
     assert timestamp_iso(value) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(min_value=1, max_value=4_102_444_800) | st.sampled_from([1762000000, 1762000001]), max_size=8)
+)
+def test_repeated_seconds_format_the_same_as_the_first_time(seconds: list[int]) -> None:
+    # timestamp_iso remembers the last second it formatted; any sequence must give what
+    # formatting each value afresh gives.
+    for value in seconds:
+        assert timestamp_iso(value) == iso(datetime.fromtimestamp(value, UTC))
 
 
 @pytest.mark.parametrize("value", [None, "", "soon", -5, 0, True, {"low": "x"}, [1], 10**40])
