@@ -252,6 +252,57 @@ def _raised_by_driver(exc: BaseException) -> bool:
     return False
 
 
+def _claim_candidates_sql() -> str:
+    # Expired leases first, then each kind's lane heads in seq order, each its own index walk
+    # (`kind = 'x'`: a planner without fresh statistics sorted every queued job for `kind = ANY`).
+    expired = (
+        f"(SELECT {JOB_COLUMNS_J} FROM jobs j WHERE j.status = 'running' AND j.lease_until < $1"
+        " AND NOT (j.tenant_id = ANY($2::text[])) ORDER BY j.seq LIMIT $3)"
+    )
+    heads = [
+        f"(SELECT {JOB_COLUMNS_J} FROM jobs j WHERE j.status = 'queued' AND j.kind = '{kind}'"
+        " AND j.run_at <= $1 AND NOT (j.tenant_id = ANY($2::text[]))"
+        " AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.lane = j.lane AND p.seq < j.seq"
+        " AND p.status IN ('queued', 'running')) ORDER BY j.seq LIMIT $4)"
+        for kind in (*FINISHING_KINDS, *STARTING_KINDS)
+    ]
+    return " UNION ALL ".join([expired, *heads])
+
+
+#: A claim's candidates: expired leases (up to $3) and up to $4 lane heads of every kind.
+CLAIM_CANDIDATES_PG = _claim_candidates_sql()
+
+#: Lease the picked jobs ($4: seqs) that are still claimable, and move their messages to
+#: processing; each leased job comes back with its message's stored columns (NULL for a webhook job).
+CLAIM_LEASE_PG = (
+    "WITH leased AS ("
+    " UPDATE jobs SET status = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1,"
+    " updated_at = $3 WHERE seq IN (SELECT seq FROM jobs WHERE seq = ANY($4::bigint[])"
+    " AND (status = 'queued' OR (status = 'running' AND lease_until < $5)) FOR UPDATE SKIP LOCKED)"
+    f" RETURNING {JOB_COLUMNS}),"
+    " touched AS ("
+    " UPDATE messages m SET status = 'processing', updated_at = $3 FROM leased l"
+    " WHERE m.id = l.message_id AND l.kind <> 'webhook' RETURNING m.id, m.body, m.status, m.external_id)"
+    f" SELECT {', '.join('l.' + c.strip() for c in JOB_COLUMNS.split(','))},"
+    " t.body, t.status AS message_status, t.external_id"
+    " FROM leased l LEFT JOIN touched t ON t.id = l.message_id AND l.kind <> 'webhook'"
+)
+
+
+def _claim_order(rows: Sequence[Any], limit: int) -> list[Any]:
+    """The candidates a claim considers, in the order it takes them: expired leases, then work
+    that completes a message (replies, webhook deliveries), then new routing; within each group
+    oldest first, at most ``CLAIM_WINDOW`` candidates per free slot."""
+    chosen = [r for r in rows if r[6] == "running"]
+    for kinds in FINISHING_KINDS, STARTING_KINDS:
+        if len(chosen) >= limit:
+            break
+        window = (limit - len(chosen)) * CLAIM_WINDOW
+        group = sorted((r for r in rows if r[6] == "queued" and r[3] in kinds), key=lambda r: r[1])
+        chosen += group[:window]
+    return chosen
+
+
 class PostgresStore(Store):
     def unavailable(self, exc: BaseException) -> bool:
         # Socket errors and timeouts (connecting, waiting for a pooled connection) count only when
@@ -756,68 +807,36 @@ class PostgresStore(Store):
         tenant_cap: int | None = None,
     ) -> list[Job]:
         excluded = tenants_at_cap(busy, tenant_cap)
-        until = now + lease_seconds
-        stamp = iso(datetime.fromtimestamp(now, UTC))
-        async with self._require_pool().acquire() as conn, conn.transaction():
-            # Only lane heads; rows another replica is claiming right now are skipped, not waited for.
-            rows = await conn.fetch(
-                f"SELECT {JOB_COLUMNS_J} FROM jobs j WHERE j.status = 'running' AND j.lease_until < $1"
-                " AND NOT (j.tenant_id = ANY($2::text[])) ORDER BY j.seq LIMIT $3 FOR UPDATE SKIP LOCKED",
-                now,
-                excluded,
-                limit,
-            )
-            # Work that completes a message first (replies, webhook deliveries), then new routing.
-            for kinds in FINISHING_KINDS, STARTING_KINDS:
-                if len(rows) >= limit:
-                    break
-                window = (limit - len(rows)) * CLAIM_WINDOW
-                group: list[Any] = []
-                # One kind per query: `kind = $4` walks the (kind, seq) index in order and stops at
-                # the limit whatever the table statistics say. With `kind = ANY(...)` a planner
-                # without fresh statistics (a queue that just filled) sorted every queued job on
-                # each claim: ~230 ms per claim at 100,000 queued jobs.
-                for kind in kinds:
-                    group += await conn.fetch(
-                        f"SELECT {JOB_COLUMNS_J} FROM jobs j WHERE j.status = 'queued' AND j.kind = $4"
-                        " AND j.run_at <= $1 AND NOT (j.tenant_id = ANY($2::text[]))"
-                        " AND NOT EXISTS (SELECT 1 FROM jobs p WHERE p.lane = j.lane AND p.seq < j.seq"
-                        " AND p.status IN ('queued', 'running'))"
-                        " ORDER BY j.seq LIMIT $3 FOR UPDATE SKIP LOCKED",
-                        now,
-                        excluded,
-                        window,
-                        kind,
-                    )
-                group.sort(key=lambda r: r[1])  # seq: oldest first across the kinds
-                rows += group[:window]
-            jobs = pick_within_share([job_from_row(r) for r in rows], limit, busy, tenant_cap)
-            if not jobs:
-                return []
-            await conn.execute(
-                "UPDATE jobs SET status = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1,"
-                " updated_at = $3 WHERE seq = ANY($4::bigint[])",
-                owner,
-                until,
-                stamp,
-                [j.seq for j in jobs],
-            )
-            message_ids = [j.message_id for j in jobs if j.message_id is not None and j.kind != "webhook"]
-            if message_ids:
-                # Loaded in the claim's own round trip, so the worker need not read them again.
-                rows = await conn.fetch(
-                    "UPDATE messages SET status = 'processing', updated_at = $1 WHERE id = ANY($2::text[])"
-                    " RETURNING id, body, status, external_id",
-                    stamp,
-                    message_ids,
-                )
-                loaded = {r[0]: message_from_row(r[1], r[2], r[3]) for r in rows}
-                for job in jobs:
-                    if job.kind != "webhook" and job.message_id is not None:
-                        job.message = loaded.get(job.message_id)
-        for job in jobs:
-            job.status, job.lease_owner, job.lease_until = "running", owner, until
-            job.attempts += 1
+        pool = self._require_pool()
+        # Two statements, no transaction: the candidates (every kind's lane heads in one round
+        # trip), then one UPDATE that leases those still claimable and returns them with their
+        # messages. A candidate another replica is leasing right now is skipped (SKIP LOCKED: no
+        # claim ever waits for another, so none can deadlock), and one it leased in between fails
+        # the condition, re-checked on the row's newest version: a job is never leased twice.
+        # Before: BEGIN, one SELECT ... FOR UPDATE SKIP LOCKED per kind, two UPDATEs and COMMIT,
+        # eight round trips a claim, most of them finding nothing.
+        rows = await pool.fetch(CLAIM_CANDIDATES_PG, now, excluded, limit, limit * CLAIM_WINDOW)
+        picked = pick_within_share([job_from_row(r) for r in _claim_order(rows, limit)], limit, busy, tenant_cap)
+        if not picked:
+            return []
+        leased = await pool.fetch(
+            CLAIM_LEASE_PG,
+            owner,
+            now + lease_seconds,
+            iso(datetime.fromtimestamp(now, UTC)),
+            [j.seq for j in picked],
+            now,
+        )
+        by_seq = {r[1]: r for r in leased}
+        jobs = []
+        for candidate in picked:
+            row = by_seq.get(candidate.seq)
+            if row is None:
+                continue  # leased by someone else since it was read
+            job = job_from_row(row)
+            if row["body"] is not None:  # loaded in the lease's own round trip
+                job.message = message_from_row(row["body"], row["message_status"], row["external_id"])
+            jobs.append(job)
         return jobs
 
     async def extend_leases(self, owner: str, job_ids: Sequence[str], until: float) -> int:

@@ -275,6 +275,24 @@ async def test_claim_keeps_each_tenant_within_its_share(store: Store) -> None:
     assert await store.claim_jobs("w", 10, time.time(), 30, busy={"t1": 3, "t2": 2}, tenant_cap=3) == []
 
 
+async def test_concurrent_claims_never_lease_one_job_twice(store: Store) -> None:
+    # Four claimers at once (on PostgreSQL each on its own connection, as replicas would be):
+    # every job is leased exactly once, and each comes back with its message.
+    messages = [msg(chat=f"c{i}") for i in range(40)]
+    for m in messages:
+        await store.insert_message(m, job_for(m), NOW)
+    leased: list[str] = []
+    for _ in range(10):
+        rounds = await asyncio.gather(*(store.claim_jobs(f"w{i}", 7, time.time(), 30) for i in range(4)))
+        got = [job for jobs in rounds for job in jobs]
+        assert all(job.message is not None and job.message.id == job.message_id for job in got)
+        assert all(job.status == "running" and job.attempts == 1 for job in got)
+        leased += [job.id for job in got]
+        if not got:
+            break
+    assert len(leased) == len(set(leased)) == len(messages)
+
+
 def reply_to(source: Message, text: str = "answer") -> tuple[Message, list[NewJob]]:
     reply = msg(tenant=source.tenant, chat=source.chat.id, text=text)
     reply.direction, reply.status = "outbound", "queued"
