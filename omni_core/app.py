@@ -24,6 +24,8 @@ from omni_core.api.common import (
     provide_hub,
     provide_principal,
 )
+from omni_core.api.history_route import PREFIX as HISTORY_PREFIX
+from omni_core.api.history_route import HistoryFastPath
 from omni_core.auth import ADMIN_KEY_FILE, Authenticator, announce_admin_key, resolve_admin_key
 from omni_core.config import Settings
 from omni_core.errors import ApiError
@@ -89,6 +91,8 @@ class HubApp(Litestar):
     """
 
     webhooks: WebhookDispatcher | None = None
+    #: Plain history reads answered before Litestar's stack (omni_core.api.history_route).
+    history: HistoryFastPath | None = None
 
     async def __call__(
         self,
@@ -101,6 +105,12 @@ class HubApp(Litestar):
             mount = self.webhooks.find(http_scope["path"])
             if mount is not None:
                 await self.webhooks.handle(mount, http_scope, cast("Receive", receive), cast("Send", send))
+                return
+        if scope["type"] == ScopeType.HTTP and self.history is not None:
+            http_scope = cast("HTTPScope", scope)
+            if http_scope["path"].startswith(HISTORY_PREFIX) and await self.history.handle(
+                http_scope, cast("Send", send)
+            ):
                 return
         await super().__call__(scope, receive, send)
 
@@ -188,4 +198,5 @@ def create_app(
     )
     app.state.hub = hub
     app.webhooks = webhooks
+    app.history = HistoryFastPath(hub, app.state)
     return app

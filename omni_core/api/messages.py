@@ -317,6 +317,10 @@ def _timestamp(name: str, value: str | None) -> str | None:
     return iso(parsed)
 
 
+HISTORY_LIMIT_DEFAULT = 50
+HISTORY_LIMIT_MAX = 500
+
+
 @get("/messages/history/{tenant_id:str}")
 async def history(
     tenant_id: str,
@@ -327,9 +331,27 @@ async def history(
     direction: str | None = None,
     since: str | None = None,
     until: str | None = None,
-    limit: int = Parameter(default=50, ge=1, le=500),
+    limit: int = Parameter(default=HISTORY_LIMIT_DEFAULT, ge=1, le=HISTORY_LIMIT_MAX),
     cursor: str | None = None,
 ) -> Response[bytes]:
+    body = await history_page(hub, principal, tenant_id, instance, chat_id, direction, since, until, limit, cursor)
+    return Response(body, media_type=MediaType.JSON)
+
+
+async def history_page(
+    hub: Hub,
+    principal: Principal,
+    tenant_id: str,
+    instance: str | None,
+    chat_id: str | None,
+    direction: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    cursor: str | None,
+) -> bytes:
+    """One history page as JSON bytes: what ``GET /messages/history/{tenant_id}`` answers, for the
+    Litestar route and for its fast path (:mod:`omni_core.api.history_route`)."""
     await visible_tenant(hub, principal, tenant_id)
     if direction is not None and direction not in ("inbound", "outbound"):
         raise ApiError(400, "invalid_request", "direction must be inbound or outbound")
@@ -345,7 +367,7 @@ async def history(
             before_id=_cursor_decode(cursor) if cursor else None,
         )
     )
-    return Response(history_body(page), media_type=MediaType.JSON)
+    return history_body(page)
 
 
 class HistoryBody(msgspec.Struct):
