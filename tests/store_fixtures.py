@@ -24,9 +24,14 @@ async def seed_tenants(s: Store) -> None:
 
 @asynccontextmanager
 async def seeded_store(backend: str, tmp_path: Path) -> AsyncIterator[Store]:
-    """An open, seeded store on ``backend`` (a throw-away PostgreSQL database, dropped after)."""
-    if backend == "sqlite":
-        s: Store = SqliteStore(str(tmp_path / "hub.db"))
+    """An open, seeded store on ``backend`` (a throw-away PostgreSQL database, dropped after).
+
+    ``sqlite`` writes through the writer process (the default), ``sqlite-thread`` through the
+    writer thread (``OMNI_SQLITE_WRITER=thread``): the same write functions, results travelling
+    back without pickle."""
+    if backend in ("sqlite", "sqlite-thread"):
+        writer = "thread" if backend == "sqlite-thread" else "process"
+        s: Store = SqliteStore(str(tmp_path / "hub.db"), writer=writer)
         await s.open()
         try:
             await seed_tenants(s)
