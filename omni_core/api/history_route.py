@@ -46,7 +46,7 @@ class HistoryFastPath:
         tenant_id = scope["path"][len(PREFIX) :]
         if not _TENANT.fullmatch(tenant_id):
             return False
-        params = _plain_query(scope["query_string"])
+        params = _plain_query(scope.get("query_string", b""))
         if params is None:
             return False
         limit = HISTORY_LIMIT_DEFAULT
