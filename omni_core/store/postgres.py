@@ -293,7 +293,7 @@ def _claim_order(rows: Sequence[Any], limit: int) -> list[Any]:
     """The candidates a claim considers, in the order it takes them: expired leases, then work
     that completes a message (replies, webhook deliveries), then new routing; within each group
     oldest first, at most ``CLAIM_WINDOW`` candidates per free slot."""
-    chosen = [r for r in rows if r[6] == "running"]
+    chosen = sorted((r for r in rows if r[6] == "running"), key=lambda r: r[1])  # UNION ALL keeps no order
     for kinds in FINISHING_KINDS, STARTING_KINDS:
         if len(chosen) >= limit:
             break
