@@ -136,6 +136,24 @@ def configure(conn: sqlite3.Connection, synchronous: str) -> None:
     conn.execute("PRAGMA cache_size=-65536")
 
 
+def connect_point_reader(path: str) -> sqlite3.Connection:
+    """The connection for point reads on the event loop's thread (see :meth:`SqliteStore._point`).
+
+    ``busy_timeout`` 0: a read that would have to wait for a lock (rare in WAL mode: a reader only
+    waits while another connection recovers the WAL index) must not stall the event loop; it is
+    retried on the reader thread, which may wait.
+    """
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA busy_timeout=0")
+        conn.execute("PRAGMA cache_size=-16384")
+        conn.execute("PRAGMA query_only=ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 #: SQLite errors that a later retry may not meet (a lock held past busy_timeout, a full disk).
 _UNAVAILABLE_SQLITE = ("database is locked", "disk i/o error", "database or disk is full", "unable to open")
 
@@ -158,6 +176,7 @@ class SqliteStore(Store):
         self.writer = "thread" if path == ":memory:" else writer
         self._writer: GroupCommitWriter | ProcessWriter | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._point_reader: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._closing = False
         # Tenants and instances are read on every webhook and change rarely. This process is
@@ -185,6 +204,8 @@ class SqliteStore(Store):
             self.applied_migrations = await self.migrate()
             self._reader = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
             await run_on_connection_thread(self._reader, functools.partial(configure, synchronous=self.synchronous))
+            if self.path != ":memory:":  # a second connection to :memory: would be another database
+                self._point_reader = connect_point_reader(self.path)
         except BaseException:
             await self.close()
             raise
@@ -203,7 +224,9 @@ class SqliteStore(Store):
             await self._writer.close()
         if self._reader is not None:
             await self._reader.close()
-        self._reader = self._writer = None
+        if self._point_reader is not None:
+            self._point_reader.close()
+        self._reader = self._writer = self._point_reader = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -233,6 +256,31 @@ class SqliteStore(Store):
         result: T = await run_on_connection_thread(self._reader, fn)
         return result
 
+    async def _point(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a point read (a few rows found through an index) here, on the event loop's thread.
+
+        A hop to the reader thread costs more than such a read: a wake-up of the loop through its
+        self-pipe, and under load a wait of up to the interpreter's switch interval (5 ms) for the
+        GIL on each side. Measured on the route step's read of the chat's recent messages at an
+        offered 1,000 messages/s: p50 1.2 ms, p90 5.9 ms, p99 19 ms through the thread. Only reads
+        bounded by an index (primary key lookups, a LIMIT over an index in its order) come here;
+        scans and API listings stay on the thread. A read that meets a lock goes there too.
+        """
+        conn = self._point_reader
+        if conn is not None:
+            try:
+                return fn(conn)
+            except sqlite3.OperationalError as exc:
+                if not str(exc).lower().startswith(("database is locked", "database table is locked")):
+                    raise
+        return await self._read(fn)
+
+    async def _point_one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return await self._point(lambda db: db.execute(sql, params).fetchone())
+
+    async def _point_all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return await self._point(lambda db: db.execute(sql, params).fetchall())
+
     async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return await self._read(lambda db: db.execute(sql, params).fetchone())
 
@@ -257,7 +305,7 @@ class SqliteStore(Store):
         cached = self._tenant_cache.get(tenant_id)
         if cached is None:
             generation = self._cache_generation
-            row = await self._fetchone(f"SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?", (tenant_id,))
+            row = await self._point_one(f"SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?", (tenant_id,))
             if row is None:
                 return None
             cached = tenant_from_row(row)
@@ -269,7 +317,7 @@ class SqliteStore(Store):
         tenant_id = self._key_cache.get(api_key_hash)
         if tenant_id is None:
             generation = self._cache_generation
-            row = await self._fetchone("SELECT id FROM tenants WHERE api_key_hash = ?", (api_key_hash,))
+            row = await self._point_one("SELECT id FROM tenants WHERE api_key_hash = ?", (api_key_hash,))
             if row is None:
                 return None
             tenant_id = row[0]
@@ -316,14 +364,14 @@ class SqliteStore(Store):
         return created
 
     async def get_instance(self, instance_id: str) -> Instance | None:
-        row = await self._fetchone(f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ?", (instance_id,))
+        row = await self._point_one(f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ?", (instance_id,))
         return instance_from_row(row) if row else None
 
     async def get_instance_by_name(self, channel: str, name: str) -> Instance | None:
         cached = self._instance_cache.get((channel, name))
         if cached is None:
             generation = self._cache_generation
-            row = await self._fetchone(
+            row = await self._point_one(
                 f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE channel = ? AND name = ?", (channel, name)
             )
             if row is None:
@@ -396,11 +444,12 @@ class SqliteStore(Store):
         return result
 
     async def get_message(self, message_id: str) -> Message | None:
-        row = await self._fetchone("SELECT body, status, external_id FROM messages WHERE id = ?", (message_id,))
+        row = await self._point_one("SELECT body, status, external_id FROM messages WHERE id = ?", (message_id,))
         return message_from_row(*row) if row else None
 
     async def recent_messages(self, tenant: str, instance: str, chat_id: str, limit: int) -> list[Message]:
-        rows = await self._fetchall(
+        # The index messages_chat (tenant_id, instance, chat_id, id) in its order: a point read.
+        rows = await self._point_all(
             "SELECT body, status, external_id FROM messages WHERE tenant_id = ? AND instance = ? AND chat_id = ?"
             " ORDER BY id DESC LIMIT ?",
             (tenant, instance, chat_id, limit),

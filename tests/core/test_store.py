@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -577,3 +578,59 @@ async def test_sqlite_indexes_serve_the_job_trace_lookup_and_drop_the_unused_one
         lambda db: {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     )
     assert "jobs_queued" not in indexes and "jobs_queued_kind" in indexes
+
+
+async def test_recent_messages_are_the_chats_last_in_order(store: Store) -> None:
+    """The agent's context: the newest ``limit`` messages of one chat of one tenant, oldest first."""
+    sent = [msg(chat="c1", text=f"m{i}") for i in range(6)]
+    for m in [*sent[:3], msg(chat="c2"), msg(tenant="t2", chat="c1"), *sent[3:]]:
+        await store.insert_message(m, None, NOW)
+    recent = await store.recent_messages("t1", "i1", "c1", 4)
+    assert [m.content.text for m in recent] == ["m2", "m3", "m4", "m5"]
+    assert [m.id for m in await store.recent_messages("t1", "i1", "c1", 10)] == [m.id for m in sent]
+    assert await store.recent_messages("t1", "other-instance", "c1", 10) == []
+
+
+async def test_point_reads_see_every_committed_write_at_once(sqlite_store: SqliteStore) -> None:
+    """Point reads run on the event loop's own connection: each sees what the writer committed
+    before it was called (read after write, no lag behind the reader thread)."""
+    for i in range(20):
+        m = msg(chat="c1", text=f"m{i}")
+        await sqlite_store.insert_message(m, None, NOW)
+        got = await sqlite_store.get_message(m.id)
+        assert got is not None and got.content.text == f"m{i}"
+        assert (await sqlite_store.recent_messages("t1", "i1", "c1", 1))[0].id == m.id
+
+
+class _LockedFirst(sqlite3.Connection):
+    """A real connection whose first ``locks`` statements meet a lock, as a point read can when
+    another connection is recovering the WAL index."""
+
+    locks = 0
+    met = 0
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        if type(self).met < type(self).locks:
+            type(self).met += 1
+            raise sqlite3.OperationalError("database is locked")
+        return super().execute(sql, parameters)
+
+
+async def test_a_point_read_that_meets_a_lock_is_retried_on_the_reader_thread(
+    sqlite_store: SqliteStore, tmp_path: Path
+) -> None:
+    m = msg(text="kept")
+    await sqlite_store.insert_message(m, None, NOW)
+    _LockedFirst.locks, _LockedFirst.met = 1, 0
+    locked = sqlite3.connect(str(tmp_path / "hub.db"), isolation_level=None, factory=_LockedFirst)
+    previous, sqlite_store._point_reader = sqlite_store._point_reader, locked
+    try:
+        got = await sqlite_store.get_message(m.id)
+        assert _LockedFirst.met == 1  # the point read met the lock ...
+        assert got is not None and got.content.text == "kept"  # ... and the thread answered
+        # Other errors are not locks: they surface as they are.
+        with pytest.raises(sqlite3.OperationalError, match="no such table"):
+            await sqlite_store._point_one("SELECT * FROM no_such_table")
+    finally:
+        sqlite_store._point_reader = previous
+        locked.close()
