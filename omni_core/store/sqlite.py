@@ -472,7 +472,11 @@ class SqliteStore(Store):
         if query.before_id is not None:
             clauses.append("id < ?")
             params.append(query.before_id)
-        rows = await self._fetchall(
+        # Without the filters no index serves in id order, a page is a walk down one index (the
+        # tenant's, or the chat's): a point read. With them it may scan: the reader thread.
+        bounded = query.direction is None and query.since is None and query.until is None
+        bounded = bounded and (query.chat_id is None) == (query.instance is None)
+        rows = await (self._point_all if bounded else self._fetchall)(
             "SELECT body, status, external_id, id FROM messages WHERE "
             + " AND ".join(clauses)
             + " ORDER BY id DESC LIMIT ?",
