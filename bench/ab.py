@@ -66,22 +66,27 @@ def parse_version(text: str, env_items: list[str]) -> Version:
 
 
 class Measure:
-    """CPU seconds of the hub's serving process and of its helper processes over one run."""
+    """CPU seconds over one run: the hub's serving process, its helper processes, the load
+    generator (this process's driver, or wrk once reaped) and the fakes."""
 
-    def __init__(self, hub: procs.Hub) -> None:
+    def __init__(self, hub: procs.Hub, fakes: procs.Fakes) -> None:
         self.pid = hub.pid
+        self.fakes_pid = fakes.proc.pid if fakes.proc is not None else None
         self.start = self._read()
 
-    def _read(self) -> tuple[float, float]:
+    def _read(self) -> tuple[float, float, float, float]:
         tree = procs.process_tree(self.pid)
-        return procs.cpu_seconds(tree[0]), sum(procs.cpu_seconds(p) for p in tree[1:])
+        own = os.times()
+        load = own.user + own.system + own.children_user + own.children_system
+        fakes = procs.cpu_seconds(self.fakes_pid) if self.fakes_pid is not None else 0.0
+        return procs.cpu_seconds(tree[0]), sum(procs.cpu_seconds(p) for p in tree[1:]), load, fakes
 
-    def per_thousand(self, units: int) -> tuple[float, float]:
-        """CPU milliseconds per 1,000 units: serving process, helpers."""
+    def per_thousand(self, units: int) -> dict[str, float]:
+        """CPU milliseconds per 1,000 units of each part."""
         now = self._read()
-        if units <= 0:
-            return 0.0, 0.0
-        return (now[0] - self.start[0]) * 1e6 / units, (now[1] - self.start[1]) * 1e6 / units
+        scale = 1e6 / units if units > 0 else 0.0
+        parts = ("serving", "helpers", "load", "fakes")
+        return {part: (b - a) * scale for part, a, b in zip(parts, self.start, now, strict=True)}
 
 
 def run_ingest(ctx: Context, version: Version, seconds: float) -> dict[str, float]:
@@ -89,10 +94,10 @@ def run_ingest(ctx: Context, version: Version, seconds: float) -> dict[str, floa
     with scenarios.running(hub):
         targets = scenarios.setup_targets(hub, "ab", ctx.plan.tenants)
         scenarios.load_ingest(ctx, hub, targets, ctx.plan.chats, 64, 1.0)  # warm up
-        measure = Measure(hub)
+        measure = Measure(hub, ctx.fakes)
         result = scenarios.load_ingest(ctx, hub, targets, ctx.plan.chats, 64, seconds)
-        serving, helpers = measure.per_thousand(result.ok)
-    return _figures(result.ok_per_s, result.latency_ms, serving, helpers)
+        cpu = measure.per_thousand(result.ok)
+    return _figures(result.ok_per_s, result.latency_ms, cpu)
 
 
 def run_e2e(ctx: Context, version: Version, seconds: float, rate: float = 0.0) -> dict[str, float]:
@@ -103,23 +108,24 @@ def run_e2e(ctx: Context, version: Version, seconds: float, rate: float = 0.0) -
         targets = scenarios.setup_targets(hub, "ab", ctx.plan.tenants)
         source = driver.WebhookSource(targets, ctx.plan.chats, procs.HOST)
 
-        async def flow() -> tuple[driver.FlowResult, tuple[float, float]]:
+        async def flow() -> driver.FlowResult:
             watch = driver.ReplyWatch(procs.HOST, ctx.fakes.evolution_port)
             await watch.start()
             try:
-                measure = Measure(hub)
                 if rate:
                     stream = driver.Stream("open", source.targets, rate)
                     flows = await driver.open_loop(procs.HOST, hub.port, watch, source, [stream], 2.0, seconds, 8.0)
-                    result = flows[0]
-                else:
-                    result = await driver.e2e_closed_loop(procs.HOST, hub.port, watch, source, 64, 2.0, seconds)
-                return result, measure.per_thousand(result.replied)
+                    return flows[0]
+                return await driver.e2e_closed_loop(procs.HOST, hub.port, watch, source, 64, 2.0, seconds)
             finally:
                 await watch.close()
 
-        result, (serving, helpers) = driver.run_async(flow())
-    return _figures(result.delivered_per_s, result.added_ms, serving, helpers)
+        # CPU over the whole flow (warm-up and settling included) per reply delivered meanwhile.
+        delivered = ctx.fakes.stats()["evolution"]["count"]
+        measure = Measure(hub, ctx.fakes)
+        result = driver.run_async(flow())
+        cpu = measure.per_thousand(ctx.fakes.stats()["evolution"]["count"] - delivered)
+    return _figures(result.delivered_per_s, result.added_ms, cpu)
 
 
 def run_history(ctx: Context, version: Version, seconds: float) -> dict[str, float]:
@@ -132,17 +138,17 @@ def run_history(ctx: Context, version: Version, seconds: float) -> dict[str, flo
     try:
         with scenarios.running(hub):
             scenarios.load_history(ctx, hub, tenants, 16, 1.0)
-            measure = Measure(hub)
+            measure = Measure(hub, ctx.fakes)
             result = scenarios.load_history(ctx, hub, tenants, 16, seconds)
-            serving, helpers = measure.per_thousand(result.ok)
+            cpu = measure.per_thousand(result.ok)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
         ctx.backend.discard(data_dir)
-    return _figures(result.ok_per_s, result.latency_ms, serving, helpers)
+    return _figures(result.ok_per_s, result.latency_ms, cpu)
 
 
-def _figures(rate: float, latency: dict[str, float], serving: float, helpers: float) -> dict[str, float]:
-    return {"rate": rate, "p50": latency["p50"], "p99": latency["p99"], "serving": serving, "helpers": helpers}
+def _figures(rate: float, latency: dict[str, float], cpu: dict[str, float]) -> dict[str, float]:
+    return {"rate": rate, "p50": latency["p50"], "p99": latency["p99"], **cpu}
 
 
 def run_e2e_open(ctx: Context, version: Version, seconds: float) -> dict[str, float]:
@@ -160,12 +166,16 @@ RUNNERS = {
 def summary(a: Version, b: Version, unit: str, key: str = "rate") -> list[str]:
     """Medians per version, and B against A pair by pair on ``key`` (rate: higher is better;
     a latency: lower is better)."""
-    lines = [f"{'version':<12} {unit:>10} {'p50 ms':>8} {'p99 ms':>8} {'serving ms/1k':>14} {'helpers ms/1k':>14}"]
+    lines = [
+        f"{'version':<12} {unit:>10} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'CPU ms per 1k: serving':>23} {'helpers':>8} {'load':>8} {'fakes':>8}"
+    ]
     for v in (a, b):
         lines.append(
             f"{v.label:<12} {median(r['rate'] for r in v.runs):>10,.0f} {median(r['p50'] for r in v.runs):>8.1f}"
-            f" {median(r['p99'] for r in v.runs):>8.1f} {median(r['serving'] for r in v.runs):>14.1f}"
-            f" {median(r['helpers'] for r in v.runs):>14.1f}"
+            f" {median(r['p99'] for r in v.runs):>8.1f} {median(r['serving'] for r in v.runs):>23.1f}"
+            f" {median(r['helpers'] for r in v.runs):>8.1f} {median(r['load'] for r in v.runs):>8.1f}"
+            f" {median(r['fakes'] for r in v.runs):>8.1f}"
         )
     pairs = list(zip(a.runs, b.runs, strict=False))
     higher = key == "rate"
@@ -205,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(
                     f"{args.scenario} {version.label} rep {rep + 1}: {figures['rate']:,.0f} {unit},"
                     f" p50 {figures['p50']:.1f} p99 {figures['p99']:.1f} ms, CPU per 1k: serving"
-                    f" {figures['serving']:.1f} ms, helpers {figures['helpers']:.1f} ms"
+                    f" {figures['serving']:.1f} ms, helpers {figures['helpers']:.1f},"
+                    f" load {figures['load']:.1f}, fakes {figures['fakes']:.1f} ms"
                 )
         print("\n".join(summary(a, b, unit, "p50" if args.scenario == "e2e-open" else "rate")))
     except KeyboardInterrupt:

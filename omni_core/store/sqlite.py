@@ -613,7 +613,8 @@ class SqliteStore(Store):
         return stats
 
     async def next_due(self) -> float | None:
-        row = await self._fetchone("SELECT MIN(run_at) FROM jobs WHERE status = 'queued'")
+        # One seek into jobs_status (status, run_at): the dispatcher asks each time it goes idle.
+        row = await self._point_one("SELECT MIN(run_at) FROM jobs WHERE status = 'queued'")
         return float(row[0]) if row and row[0] is not None else None
 
     async def recover_leases(self, owner_prefix_alive: str | None) -> int:
