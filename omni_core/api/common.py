@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import msgspec
 import structlog
 from litestar import Request, Response
+from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
 
 from omni_core.auth import Principal
@@ -16,13 +17,18 @@ from omni_core.hub import Hub
 T = TypeVar("T")
 log = structlog.get_logger("omni.api")
 
+#: Handler parameters Litestar injects by name (the app's ``hub`` and ``principal`` dependencies).
+#: Litestar 2.23+ wants the marker (inferring it is deprecated and goes in 3.0).
+HubDep: TypeAlias = NamedDependency[Hub]
+PrincipalDep: TypeAlias = NamedDependency[Principal]
+
 
 def provide_hub(request: Request[Any, Any, Any]) -> Hub:
     hub: Hub = request.app.state.hub
     return hub
 
 
-async def provide_principal(request: Request[Any, Any, Any], hub: Hub) -> Principal:
+async def provide_principal(request: Request[Any, Any, Any], hub: HubDep) -> Principal:
     # ``hub`` is unused here: depending on it puts the two dependencies in two levels of
     # Litestar's dependency graph. Siblings in one level are resolved concurrently in an anyio
     # task group, one task each, on every request (~12% of a history page's CPU, py-spy).

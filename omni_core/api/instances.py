@@ -10,8 +10,9 @@ from typing import Annotated, Any, TypeVar
 import httpx
 import msgspec
 from litestar import Request, delete, get, patch, post
+from litestar.params import FromPath, FromQuery
 
-from omni_core.api.common import parse_body
+from omni_core.api.common import HubDep, PrincipalDep, parse_body
 from omni_core.api.tenants import visible_tenant
 from omni_core.auth import Principal
 from omni_core.entities import Instance, merge_config
@@ -88,7 +89,7 @@ def qr_body(qr: QrCode) -> dict[str, Any]:
 
 
 @post("/instances/create", status_code=201)
-async def create_instance(request: Request[Any, Any, Any], hub: Hub, principal: Principal) -> dict[str, Any]:
+async def create_instance(request: Request[Any, Any, Any], hub: HubDep, principal: PrincipalDep) -> dict[str, Any]:
     body = await parse_body(request, hub, InstanceCreate)
     raw: dict[str, Any] = await hub.read_json(request)
     tenant_id = body.tenant or principal.tenant_scope()
@@ -138,12 +139,12 @@ async def create_instance(request: Request[Any, Any, Any], hub: Hub, principal: 
 
 
 @get("/instances")
-async def list_instances(hub: Hub, principal: Principal) -> dict[str, Any]:
+async def list_instances(hub: HubDep, principal: PrincipalDep) -> dict[str, Any]:
     return {"instances": [i.public() for i in await hub.store.list_instances(principal.tenant_scope())]}
 
 
 @get("/instances/{instance_id:str}")
-async def get_instance(instance_id: str, hub: Hub, principal: Principal) -> dict[str, Any]:
+async def get_instance(instance_id: FromPath[str], hub: HubDep, principal: PrincipalDep) -> dict[str, Any]:
     instance = await visible_instance(hub, principal, instance_id)
     out = instance.public()
     pending = hub.pm.hook.omni_instance_status(hub=hub, instance=instance)
@@ -165,7 +166,7 @@ async def get_instance(instance_id: str, hub: Hub, principal: Principal) -> dict
 
 @patch("/instances/{instance_id:str}")
 async def patch_instance(
-    instance_id: str, request: Request[Any, Any, Any], hub: Hub, principal: Principal
+    instance_id: FromPath[str], request: Request[Any, Any, Any], hub: HubDep, principal: PrincipalDep
 ) -> dict[str, Any]:
     instance = await visible_instance(hub, principal, instance_id)
     body = await parse_body(request, hub, InstancePatch)
@@ -180,7 +181,7 @@ async def patch_instance(
 
 
 @get("/instances/qr/{instance_id:str}")
-async def get_qr(instance_id: str, hub: Hub, principal: Principal) -> dict[str, Any]:
+async def get_qr(instance_id: FromPath[str], hub: HubDep, principal: PrincipalDep) -> dict[str, Any]:
     instance = await visible_instance(hub, principal, instance_id)
     pending = hub.pm.hook.omni_instance_qr(hub=hub, instance=instance)
     if pending is None and instance.qrcode_base64 is None:
@@ -213,7 +214,9 @@ async def get_qr(instance_id: str, hub: Hub, principal: Principal) -> dict[str, 
 
 
 @delete("/instances/{instance_id:str}", status_code=200)
-async def delete_instance(instance_id: str, hub: Hub, principal: Principal, force: bool = False) -> dict[str, Any]:
+async def delete_instance(
+    instance_id: FromPath[str], hub: HubDep, principal: PrincipalDep, force: FromQuery[bool] = False
+) -> dict[str, Any]:
     instance = await visible_instance(hub, principal, instance_id)
     pending = hub.pm.hook.omni_instance_delete(hub=hub, instance=instance)
     if pending is not None:

@@ -6,13 +6,13 @@ import base64
 import binascii
 import hashlib
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import MediaType, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 
-from omni_core.api.common import parse_body
+from omni_core.api.common import HubDep, PrincipalDep, parse_body
 from omni_core.api.tenants import visible_tenant
 from omni_core.auth import Principal
 from omni_core.entities import Instance
@@ -183,7 +183,9 @@ async def _queue(
 
 
 @post(SEND_PATH, status_code=202)
-async def send_message(request: Request[Any, Any, Any], hub: Hub, principal: Principal) -> Response[dict[str, Any]]:
+async def send_message(
+    request: Request[Any, Any, Any], hub: HubDep, principal: PrincipalDep
+) -> Response[dict[str, Any]]:
     key = _idempotency_key(request)
     body = await parse_body(request, hub, SendRequest)
     media = _media(body.media)
@@ -202,7 +204,9 @@ async def send_message(request: Request[Any, Any, Any], hub: Hub, principal: Pri
 
 
 @post(UNIFIED_PATH, status_code=202)
-async def unified_message(request: Request[Any, Any, Any], hub: Hub, principal: Principal) -> Response[dict[str, Any]]:
+async def unified_message(
+    request: Request[Any, Any, Any], hub: HubDep, principal: PrincipalDep
+) -> Response[dict[str, Any]]:
     body = await parse_body(request, hub, UnifiedRequest)
     media = _media(body.content.media)
     _check_content(body.content.text, media)
@@ -265,7 +269,7 @@ async def _inject_inbound(
 
 
 @get("/messages/{message_id:str}")
-async def get_message(message_id: str, hub: Hub, principal: Principal) -> dict[str, Any]:
+async def get_message(message_id: FromPath[str], hub: HubDep, principal: PrincipalDep) -> dict[str, Any]:
     message = await hub.store.get_message(message_id)
     if message is None or not principal.can_see(message.tenant):
         raise ApiError(404, "unknown_message", f"no message with id {message_id!r}")
@@ -323,16 +327,16 @@ HISTORY_LIMIT_MAX = 500
 
 @get("/messages/history/{tenant_id:str}")
 async def history(
-    tenant_id: str,
-    hub: Hub,
-    principal: Principal,
-    instance: str | None = None,
-    chat_id: str | None = None,
-    direction: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
-    limit: int = Parameter(default=HISTORY_LIMIT_DEFAULT, ge=1, le=HISTORY_LIMIT_MAX),
-    cursor: str | None = None,
+    tenant_id: FromPath[str],
+    hub: HubDep,
+    principal: PrincipalDep,
+    instance: FromQuery[str | None] = None,
+    chat_id: FromQuery[str | None] = None,
+    direction: FromQuery[str | None] = None,
+    since: FromQuery[str | None] = None,
+    until: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=HISTORY_LIMIT_MAX)] = HISTORY_LIMIT_DEFAULT,
+    cursor: FromQuery[str | None] = None,
 ) -> Response[bytes]:
     body = await history_page(hub, principal, tenant_id, instance, chat_id, direction, since, until, limit, cursor)
     return Response(body, media_type=MediaType.JSON)

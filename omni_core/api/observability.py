@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Response, get
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 
+from omni_core.api.common import HubDep, PrincipalDep
 from omni_core.api.messages import _timestamp
 from omni_core.api.system import cached_queue_stats
-from omni_core.auth import Principal
 from omni_core.errors import ApiError
-from omni_core.hub import Hub
 from omni_core.store.base import TraceRecord
 from omni_core.store.sqlite import migrations
 
@@ -38,14 +37,14 @@ def trace_view(t: TraceRecord) -> dict[str, Any]:
 
 @get("/traces")
 async def list_traces(
-    hub: Hub,
-    principal: Principal,
-    tenant: str | None = None,
-    message_id: str | None = None,
-    status: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
-    limit: int = Parameter(default=100, ge=1, le=1000),
+    hub: HubDep,
+    principal: PrincipalDep,
+    tenant: FromQuery[str | None] = None,
+    message_id: FromQuery[str | None] = None,
+    status: FromQuery[str | None] = None,
+    since: FromQuery[str | None] = None,
+    until: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     scope = principal.tenant_scope()
     if scope is not None and tenant is not None and tenant != scope:
@@ -57,7 +56,7 @@ async def list_traces(
 
 
 @get("/messages/{message_id:str}/trace")
-async def message_trace(message_id: str, hub: Hub, principal: Principal) -> dict[str, Any]:
+async def message_trace(message_id: FromPath[str], hub: HubDep, principal: PrincipalDep) -> dict[str, Any]:
     message = await hub.store.get_message(message_id)
     if message is None or not principal.can_see(message.tenant):
         raise ApiError(404, "unknown_message", f"no message with id {message_id!r}")
@@ -77,7 +76,7 @@ def _epoch(stamp: str) -> float:
 
 
 @get("/metrics", media_type="text/plain; version=0.0.4")
-async def metrics(hub: Hub) -> Response[bytes]:
+async def metrics(hub: HubDep) -> Response[bytes]:
     """Prometheus text format. Queue gauges are refreshed at scrape (at most once a second)."""
     stats = await cached_queue_stats(hub)
     m = hub.pipeline.metrics
@@ -90,7 +89,7 @@ async def metrics(hub: Hub) -> Response[bytes]:
 
 
 @get("/health/ready")
-async def ready(hub: Hub) -> Response[dict[str, Any]]:
+async def ready(hub: HubDep) -> Response[dict[str, Any]]:
     """Readiness: the store answers, migrations are current, workers run, the queue keeps up,
     and every plugin's own check passes. 503 names what failed."""
     checks: dict[str, Any] = {}

@@ -6,8 +6,9 @@ import time
 from typing import Any
 
 from litestar import Response, get, post
+from litestar.params import FromPath
 
-from omni_core.auth import Principal
+from omni_core.api.common import HubDep, PrincipalDep
 from omni_core.errors import ApiError
 from omni_core.hub import Hub
 from omni_core.plugins import describe_plugins
@@ -26,7 +27,7 @@ async def cached_queue_stats(hub: Hub) -> dict[str, Any]:
 
 
 @get("/health")
-async def health(hub: Hub) -> Response[dict[str, Any]]:
+async def health(hub: HubDep) -> Response[dict[str, Any]]:
     checks: dict[str, Any] = {}
     healthy = True
     started = time.perf_counter()
@@ -53,13 +54,13 @@ async def health(hub: Hub) -> Response[dict[str, Any]]:
 
 
 @get("/plugins")
-async def list_plugins(hub: Hub, principal: Principal) -> dict[str, Any]:
+async def list_plugins(hub: HubDep, principal: PrincipalDep) -> dict[str, Any]:
     principal.require_admin()
     return {"plugins": describe_plugins(hub.pm)}
 
 
 @post("/jobs/{job_id:str}/retry", status_code=200)
-async def retry_job(job_id: str, hub: Hub, principal: Principal) -> dict[str, Any]:
+async def retry_job(job_id: FromPath[str], hub: HubDep, principal: PrincipalDep) -> dict[str, Any]:
     job = await hub.store.get_job(job_id)
     if job is None or not principal.can_see(job.tenant):
         raise ApiError(404, "unknown_job", f"no job with id {job_id!r}")

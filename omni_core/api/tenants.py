@@ -12,8 +12,9 @@ import msgspec
 import pluggy
 import structlog
 from litestar import Request, delete, get, patch, post
+from litestar.params import FromPath
 
-from omni_core.api.common import parse_body
+from omni_core.api.common import HubDep, PrincipalDep, parse_body
 from omni_core.auth import Principal, hash_key, new_tenant_key, new_webhook_secret
 from omni_core.entities import Instance, Tenant, is_secret_key, merge_config
 from omni_core.errors import ApiError
@@ -102,7 +103,7 @@ async def visible_tenant(hub: Hub, principal: Principal, tenant_id: str) -> Tena
 
 
 @post("/tenants", status_code=201)
-async def create_tenant(request: Request[Any, Any, Any], hub: Hub, principal: Principal) -> dict[str, Any]:
+async def create_tenant(request: Request[Any, Any, Any], hub: HubDep, principal: PrincipalDep) -> dict[str, Any]:
     principal.require_admin()
     body = await parse_body(request, hub, TenantCreate)
     tenant_id = body.id if body.id is not None else new_id("ten")
@@ -126,19 +127,19 @@ async def create_tenant(request: Request[Any, Any, Any], hub: Hub, principal: Pr
 
 
 @get("/tenants")
-async def list_tenants(hub: Hub, principal: Principal) -> dict[str, Any]:
+async def list_tenants(hub: HubDep, principal: PrincipalDep) -> dict[str, Any]:
     principal.require_admin()
     return {"tenants": [t.public() for t in await hub.store.list_tenants()]}
 
 
 @get("/tenants/{tenant_id:str}")
-async def get_tenant(tenant_id: str, hub: Hub, principal: Principal) -> dict[str, Any]:
+async def get_tenant(tenant_id: FromPath[str], hub: HubDep, principal: PrincipalDep) -> dict[str, Any]:
     return (await visible_tenant(hub, principal, tenant_id)).public()
 
 
 @patch("/tenants/{tenant_id:str}")
 async def patch_tenant(
-    tenant_id: str, request: Request[Any, Any, Any], hub: Hub, principal: Principal
+    tenant_id: FromPath[str], request: Request[Any, Any, Any], hub: HubDep, principal: PrincipalDep
 ) -> dict[str, Any]:
     tenant = await visible_tenant(hub, principal, tenant_id)
     body = await parse_body(request, hub, TenantPatch)
@@ -154,7 +155,7 @@ async def patch_tenant(
 
 
 @delete("/tenants/{tenant_id:str}", status_code=200)
-async def delete_tenant(tenant_id: str, hub: Hub, principal: Principal) -> dict[str, Any]:
+async def delete_tenant(tenant_id: FromPath[str], hub: HubDep, principal: PrincipalDep) -> dict[str, Any]:
     principal.require_admin()
     await visible_tenant(hub, principal, tenant_id)
     # Remove the tenant's accounts from the channel servers too (best effort: a server that is
@@ -173,7 +174,7 @@ async def delete_tenant(tenant_id: str, hub: Hub, principal: Principal) -> dict[
 
 
 @post("/tenants/{tenant_id:str}/rotate-api-key", status_code=200)
-async def rotate_api_key(tenant_id: str, hub: Hub, principal: Principal) -> dict[str, Any]:
+async def rotate_api_key(tenant_id: FromPath[str], hub: HubDep, principal: PrincipalDep) -> dict[str, Any]:
     await visible_tenant(hub, principal, tenant_id)
     api_key = new_tenant_key()
     if not await hub.store.set_tenant_api_key(tenant_id, hash_key(api_key), now_iso()):
@@ -185,7 +186,7 @@ async def rotate_api_key(tenant_id: str, hub: Hub, principal: Principal) -> dict
 
 @post("/tenants/{tenant_id:str}/rotate-webhook-secret", status_code=200)
 async def rotate_webhook_secret(
-    tenant_id: str, request: Request[Any, Any, Any], hub: Hub, principal: Principal
+    tenant_id: FromPath[str], request: Request[Any, Any, Any], hub: HubDep, principal: PrincipalDep
 ) -> dict[str, Any]:
     await visible_tenant(hub, principal, tenant_id)
     # The body is optional: no body means the configured overlap.

@@ -5,14 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, delete, get, patch, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from omni_core import signing
-from omni_core.api.common import parse_body
+from omni_core.api.common import HubDep, PrincipalDep, parse_body
 from omni_core.api.tenants import visible_tenant
 from omni_core.auth import Principal
 from omni_core.entities import TenantWebhook
@@ -85,7 +85,7 @@ async def _webhook(hub: Hub, principal: Principal, tenant_id: str, webhook_id: s
 
 @post("/tenants/{tenant_id:str}/webhooks", status_code=201)
 async def create_webhook(
-    tenant_id: str, request: Request[Any, Any, Any], hub: Hub, principal: Principal
+    tenant_id: FromPath[str], request: Request[Any, Any, Any], hub: HubDep, principal: PrincipalDep
 ) -> dict[str, Any]:
     tenant = await visible_tenant(hub, principal, tenant_id)
     body = await parse_body(request, hub, WebhookCreate)
@@ -109,19 +109,25 @@ async def create_webhook(
 
 
 @get("/tenants/{tenant_id:str}/webhooks")
-async def list_webhooks(tenant_id: str, hub: Hub, principal: Principal) -> dict[str, Any]:
+async def list_webhooks(tenant_id: FromPath[str], hub: HubDep, principal: PrincipalDep) -> dict[str, Any]:
     await visible_tenant(hub, principal, tenant_id)
     return {"webhooks": [w.public() for w in await hub.store.list_webhooks(tenant_id)]}
 
 
 @get("/tenants/{tenant_id:str}/webhooks/{webhook_id:str}")
-async def get_webhook(tenant_id: str, webhook_id: str, hub: Hub, principal: Principal) -> dict[str, Any]:
+async def get_webhook(
+    tenant_id: FromPath[str], webhook_id: FromPath[str], hub: HubDep, principal: PrincipalDep
+) -> dict[str, Any]:
     return (await _webhook(hub, principal, tenant_id, webhook_id)).public()
 
 
 @patch("/tenants/{tenant_id:str}/webhooks/{webhook_id:str}")
 async def patch_webhook(
-    tenant_id: str, webhook_id: str, request: Request[Any, Any, Any], hub: Hub, principal: Principal
+    tenant_id: FromPath[str],
+    webhook_id: FromPath[str],
+    request: Request[Any, Any, Any],
+    hub: HubDep,
+    principal: PrincipalDep,
 ) -> dict[str, Any]:
     webhook = await _webhook(hub, principal, tenant_id, webhook_id)
     body = await parse_body(request, hub, WebhookPatch)
@@ -151,7 +157,9 @@ async def patch_webhook(
 
 
 @delete("/tenants/{tenant_id:str}/webhooks/{webhook_id:str}", status_code=200)
-async def delete_webhook(tenant_id: str, webhook_id: str, hub: Hub, principal: Principal) -> dict[str, Any]:
+async def delete_webhook(
+    tenant_id: FromPath[str], webhook_id: FromPath[str], hub: HubDep, principal: PrincipalDep
+) -> dict[str, Any]:
     webhook = await _webhook(hub, principal, tenant_id, webhook_id)
     await hub.store.delete_webhook(webhook.id)
     return {"status": "deleted", "id": webhook.id}
@@ -193,13 +201,13 @@ def iso_epoch(epoch: float) -> str:
 
 @get("/tenants/{tenant_id:str}/deliveries")
 async def list_deliveries(
-    tenant_id: str,
-    hub: Hub,
-    principal: Principal,
-    status: str | None = None,
-    webhook_id: str | None = None,
-    limit: int = Parameter(default=50, ge=1, le=500),
-    cursor: str | None = None,
+    tenant_id: FromPath[str],
+    hub: HubDep,
+    principal: PrincipalDep,
+    status: FromQuery[str | None] = None,
+    webhook_id: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+    cursor: FromQuery[str | None] = None,
 ) -> dict[str, Any]:
     await visible_tenant(hub, principal, tenant_id)
     if status is not None and status not in STATUS_FILTER:
@@ -233,7 +241,7 @@ def _delivery_cursor_decode(cursor: str) -> int:
 
 
 @post("/deliveries/{delivery_id:str}/replay", status_code=202)
-async def replay_delivery(delivery_id: str, hub: Hub, principal: Principal) -> dict[str, Any]:
+async def replay_delivery(delivery_id: FromPath[str], hub: HubDep, principal: PrincipalDep) -> dict[str, Any]:
     job = await hub.store.get_job(delivery_id)
     if job is None or job.kind != "webhook" or not principal.can_see(job.tenant):
         raise ApiError(404, "unknown_delivery", f"no delivery {delivery_id!r}")
