@@ -1000,9 +1000,9 @@ def isolation(ctx: Context) -> Section:
         ],
         notes=[
             f"A slow needs about {plan.isolation_rate * plan.isolation_slow_s:g} Hive calls in flight"
-            " (rate x delay) to keep up, against the hub's default of 50 workers; A's messages beyond what"
-            " its share of the workers carries queue up (A missing: replies not back when the driver stopped"
-            " waiting). Latencies are added latency as in 3; 1,000 chats per tenant.",
+            " (rate x delay) to keep up, against a share of half the hub's workers (default 100, so 50);"
+            " A's messages beyond what its share carries queue up (A missing: replies not back when the"
+            " driver stopped waiting). Latencies are added latency as in 3; 1,000 chats per tenant.",
             *notes,
         ],
         raw={"runs": runs},

@@ -24,7 +24,7 @@ def test_defaults_match_the_seed() -> None:
     s = load_settings({}, dotenv=None)
     assert (s.api_host, s.api_port) == ("0.0.0.0", 8882)
     assert s.sqlite_path == "./data/automagik-omni.db"
-    assert s.hive_enabled is False and s.workers == 50 and s.retry_max_attempts == 8
+    assert s.hive_enabled is False and s.workers == 100 and s.retry_max_attempts == 8
     assert s.max_body_bytes == 1024 * 1024
 
 
