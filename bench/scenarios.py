@@ -172,6 +172,15 @@ def running(hub: procs.Hub) -> Iterator[procs.Hub]:
         hub.stop()
 
 
+def default_workers() -> int:
+    """The hub's default ``OMNI_WORKERS`` (hubs started with ``workers=None`` run with it)."""
+    import msgspec
+
+    from omni_core.config import Settings
+
+    return int(next(f.default for f in msgspec.structs.fields(Settings) if f.name == "workers"))
+
+
 def setup_targets(hub: procs.Hub, prefix: str, count: int) -> list[Target]:
     """Tenants with one WhatsApp instance each, created through the API (the fake Evolution answers)."""
     targets = []
@@ -478,7 +487,7 @@ def ingest(ctx: Context) -> Section:
         ack = med(level, "ok_per_s")
         rows.append(_ingest_row(str(c), "0 (ingest only)", level, ack, ceiling_rps))
     if busy:
-        rows.append(_ingest_row("64", "50 + Hive", busy, med(busy, "ok_per_s"), ceiling_rps))
+        rows.append(_ingest_row("64", f"{default_workers()} + Hive", busy, med(busy, "ok_per_s"), ceiling_rps))
     if threaded:
         rows.append(_ingest_row("64", "0, writer on a thread", threaded, med(threaded, "ok_per_s"), ceiling_rps))
     c64 = runs.get("64", [])
@@ -1000,7 +1009,7 @@ def isolation(ctx: Context) -> Section:
         ],
         notes=[
             f"A slow needs about {plan.isolation_rate * plan.isolation_slow_s:g} Hive calls in flight"
-            " (rate x delay) to keep up, against a share of half the hub's workers (default 100, so 50);"
+            f" (rate x delay) to keep up, against a share of half the hub's {default_workers()} workers;"
             " A's messages beyond what its share carries queue up (A missing: replies not back when the"
             " driver stopped waiting). Latencies are added latency as in 3; 1,000 chats per tenant.",
             *notes,
