@@ -260,11 +260,11 @@ class SqliteStore(Store):
         """Run a point read (a few rows found through an index) here, on the event loop's thread.
 
         A hop to the reader thread costs more than such a read: a wake-up of the loop through its
-        self-pipe, and under load a wait of up to the interpreter's switch interval (5 ms) for the
-        GIL on each side. Measured on the route step's read of the chat's recent messages at an
-        offered 1,000 messages/s: p50 1.2 ms, p90 5.9 ms, p99 19 ms through the thread. Only reads
-        bounded by an index (primary key lookups, a LIMIT over an index in its order) come here;
-        scans and API listings stay on the thread. A read that meets a lock goes there too.
+        self-pipe, and under load a wait for the GIL on each side. Measured on the route step's read
+        of the chat's recent messages at an offered 1,000 messages/s: p50 1.2 ms, p90 5.9 ms, p99
+        19 ms through the thread. Only reads bounded by an index (primary key lookups, a LIMIT over
+        an index in its order) come here; scans and API listings stay on the thread. A read that
+        meets a lock goes there too.
         """
         conn = self._point_reader
         if conn is not None:
@@ -472,8 +472,9 @@ class SqliteStore(Store):
         if query.before_id is not None:
             clauses.append("id < ?")
             params.append(query.before_id)
-        # Without the filters no index serves in id order, a page is a walk down one index (the
-        # tenant's, or the chat's): a point read. With them it may scan: the reader thread.
+        # Filtered by tenant only, or by tenant, instance and chat (and a cursor), a page walks down
+        # one index in id order (messages_tenant, messages_chat): a point read. Any other filter
+        # may scan many rows: the reader thread.
         bounded = query.direction is None and query.since is None and query.until is None
         bounded = bounded and (query.chat_id is None) == (query.instance is None)
         rows = await (self._point_all if bounded else self._fetchall)(
