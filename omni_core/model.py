@@ -54,9 +54,25 @@ def now_iso() -> str:
     return _now_text
 
 
+#: The last whole second :func:`iso_ms` formatted, with its text up to the dot: one tuple, so a
+#: thread reading it never pairs one second's number with another's text.
+_last_second: tuple[int, str] = (-1, "")
+
+
 def iso_ms(ms: int) -> str:
-    """:func:`iso` of an epoch time in whole milliseconds (from the integer: no float rounding)."""
-    return (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds") + "Z"
+    """:func:`iso` of an epoch time in whole milliseconds (from the integer: no float rounding).
+
+    The date and time of day are formatted once per second (datetime arithmetic and
+    ``isoformat`` were ~1% of the serving process's samples end to end); the milliseconds are
+    appended.
+    """
+    global _last_second
+    second, milli = divmod(ms, 1000)
+    cached, prefix = _last_second
+    if second != cached:
+        prefix = (_EPOCH + timedelta(seconds=second)).isoformat() + "."
+        _last_second = (second, prefix)
+    return f"{prefix}{milli:03d}Z"
 
 
 def iso(dt: datetime) -> str:

@@ -127,6 +127,15 @@ def test_the_millisecond_formatter_matches_iso(ms: int) -> None:
     assert iso_ms(ms) == iso(instant)
 
 
+def test_the_millisecond_formatter_across_a_second_and_back() -> None:
+    """The per-second cache: the next second, an earlier one, then the first again."""
+    start = 1_764_190_799_998  # 2025-11-26T20:59:59.998Z
+    for ms in (start, start + 1, start + 2, start + 1_001, start - 86_400_000, start + 1):
+        instant = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+        assert iso_ms(ms) == iso(instant)
+    assert iso_ms(start + 2) == "2025-11-26T21:00:00.000Z"
+
+
 def test_now_iso_is_the_current_millisecond_and_never_runs_backwards() -> None:
     before = iso(datetime.now(UTC))
     seen = [now_iso() for _ in range(2000)]
