@@ -131,6 +131,10 @@ class FakeDiscord(FakeServer):
         self.gateway = FakeGateway(self)
         self._bots: dict[str, FakeBot] = {}
         self._posted: list[Posted] = []
+        #: Messages created by requests not answered yet, by request: they count (``wait_for``,
+        #: ``posted``) once their answer is booked, so a waiter never sees a message whose
+        #: request still shows no status.
+        self._unanswered: dict[int, list[Posted]] = {}
         self._nonces: dict[tuple[str | None, str], Posted] = {}
         self._rate_limits: list[_RateLimit] = []
         self._interactions: dict[str, _Interaction] = {}
@@ -224,6 +228,7 @@ class FakeDiscord(FakeServer):
         with self._lock:
             self._bots.clear()
             self._posted.clear()
+            self._unanswered.clear()
             self._nonces.clear()
             self._rate_limits.clear()
             self._interactions.clear()
@@ -353,8 +358,12 @@ class FakeDiscord(FakeServer):
             channel_id = self._dm_channels.setdefault(user_id, snowflake())
         return self._ok({"id": channel_id, "type": 1, "recipients": [{"id": user_id, "username": "someone"}]})
 
+    def on_answered(self, request: RecordedRequest, response: Response) -> None:
+        self._posted.extend(self._unanswered.pop(id(request), ()))
+
     def _record(
         self,
+        request: RecordedRequest,
         kind: str,
         channel_id: str | None,
         payload: dict[str, Any],
@@ -372,8 +381,7 @@ class FakeDiscord(FakeServer):
             time=time.monotonic(),
         )
         with self._cond:
-            self._posted.append(posted)
-            self._cond.notify_all()
+            self._unanswered.setdefault(id(request), []).append(posted)
         return posted
 
     def _message_body(self, posted: Posted, author: dict[str, Any]) -> dict[str, Any]:
@@ -426,7 +434,7 @@ class FakeDiscord(FakeServer):
                 earlier = self._nonces.get((bot.token, str(nonce)))
             if earlier is not None:
                 return self._ok(self._message_body(earlier, bot.user()))
-        posted = self._record("channel", channel_id, payload, files, bot.token)
+        posted = self._record(request, "channel", channel_id, payload, files, bot.token)
         if isinstance(nonce, str | int) and payload.get("enforce_nonce"):
             with self._lock:
                 self._nonces[(bot.token, str(nonce))] = posted
@@ -447,7 +455,7 @@ class FakeDiscord(FakeServer):
             payload, files, problem = _read_message_request(request)
             if problem is not None:
                 return _json(400, {"message": problem, "code": 50035})
-            posted = self._record("original", interaction.channel_id, payload, files, None)
+            posted = self._record(request, "original", interaction.channel_id, payload, files, None)
             body = self._message_body(posted, author)
             body["id"] = interaction.original["id"]
             posted.id = interaction.original["id"]
@@ -459,7 +467,7 @@ class FakeDiscord(FakeServer):
             payload, files, problem = _read_message_request(request)
             if problem is not None:
                 return _json(400, {"message": problem, "code": 50035})
-            posted = self._record("followup", interaction.channel_id, payload, files, None)
+            posted = self._record(request, "followup", interaction.channel_id, payload, files, None)
             return self._ok(self._message_body(posted, author))
         return _json(404, {"message": "404: Not Found", "code": 0})
 

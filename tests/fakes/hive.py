@@ -60,6 +60,7 @@ class FakeHive(FakeServer):
         self._cache: dict[str, Response] = {}
         self._inflight: dict[str, asyncio.Future[Response]] = {}
         self._processed: list[RecordedRequest] = []
+        self._answering: set[int] = set()
         self._duplicates = 0
 
     # --- inspection ---------------------------------------------------------------------------
@@ -117,6 +118,7 @@ class FakeHive(FakeServer):
             self.responder = None
             self._cache.clear()
             self._processed.clear()
+            self._answering.clear()
             self._duplicates = 0
 
     # --- protocol -----------------------------------------------------------------------------
@@ -184,10 +186,16 @@ class FakeHive(FakeServer):
                     future.set_result(response)
                     return response
                 self._cache[key] = response
-                self._processed.append(request)
-                self._cond.notify_all()
+                # Counted once its answer is booked (on_answered): a waiter never sees a processed
+                # request that still shows no status.
+                self._answering.add(id(request))
         future.set_result(response)
         return response
+
+    def on_answered(self, request: RecordedRequest, response: Response) -> None:
+        if id(request) in self._answering:
+            self._answering.discard(id(request))
+            self._processed.append(request)
 
     async def _produce(self, body: dict[str, Any]) -> Response:
         responder = self.responder or default_reply
