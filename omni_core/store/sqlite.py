@@ -134,6 +134,12 @@ def configure(conn: sqlite3.Connection, synchronous: str) -> None:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=5000")
     conn.execute("PRAGMA cache_size=-65536")
+    # Inside a transaction, a multi-row statement that may fail halfway (the batched inserts:
+    # NOT NULL and UNIQUE checks) keeps a statement journal of every page it changes, so it can
+    # be undone alone. Past 64 KiB SQLite spills that journal to a new temporary file, which the
+    # writer's batches always exceeded: a file opened, written and unlinked per transaction
+    # (strace: a sixth of the writer's pwrite calls). In memory it costs a copy per page.
+    conn.execute("PRAGMA temp_store=MEMORY")
 
 
 def connect_point_reader(path: str) -> sqlite3.Connection:

@@ -78,3 +78,14 @@ def test_the_bench_writer_pages_tool_runs_the_current_ingest_write() -> None:
     # Every webhook writes a message row, its dedup key, its job and its trace rows.
     assert {"messages", "messages_dedup", "jobs", "traces"} <= set(pages)
     assert result["wal_pages_per_webhook"] > 1
+
+
+def test_store_connections_keep_temporary_storage_in_memory(tmp_path: Any) -> None:
+    # A batch's statement journals stay in memory instead of a temporary file per transaction.
+    db = sqlite_store.connect_writer(str(tmp_path / "omni.db"), "FULL")
+    try:
+        assert db.execute("PRAGMA temp_store").fetchone() == (2,)
+        assert db.execute("PRAGMA synchronous").fetchone() == (2,)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        db.close()
