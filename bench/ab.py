@@ -187,13 +187,37 @@ def summary(a: Version, b: Version, unit: str, key: str = "rate") -> list[str]:
     return lines
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected more than 0, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
     parser.add_argument("scenario", choices=sorted(RUNNERS))
     parser.add_argument("a", help="LABEL or LABEL:PATH (the baseline)")
     parser.add_argument("b", help="LABEL or LABEL:PATH")
-    parser.add_argument("-r", "--reps", type=int, default=4, help="pairs of runs (default 4)")
-    parser.add_argument("-s", "--seconds", type=float, default=6.0, help="measured seconds per run (default 6)")
+    parser.add_argument("-r", "--reps", type=positive_int, default=4, help="pairs of runs (default 4)")
+    parser.add_argument(
+        "-s", "--seconds", type=positive_float, default=6.0, help="measured seconds per run (default 6)"
+    )
     parser.add_argument("--backend", choices=list(BACKENDS), default="sqlite")
     parser.add_argument("--env-a", action="append", default=[], metavar="NAME=VALUE", help="extra hub env for A")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra hub env for B")

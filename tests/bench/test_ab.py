@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.ab import Version, parse_version, summary
+from bench.ab import Version, main, parse_version, summary
 
 
 def _runs(*values: tuple[float, float]) -> list[dict[str, float]]:
@@ -38,3 +38,22 @@ def test_a_version_is_this_checkout_or_one_with_omni_core(tmp_path: Path) -> Non
         parse_version(f"base:{tmp_path / 'missing'}", [])
     with pytest.raises(SystemExit, match="expected NAME=VALUE"):
         parse_version("new", ["OMNI_WORKERS"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["ingest", "a", "b", "-r", "0"], "expected at least 1, got 0"),
+        (["ingest", "a", "b", "-r", "two"], "expected a whole number, got 'two'"),
+        (["ingest", "a", "b", "-s", "0"], "expected more than 0, got 0"),
+        (["ingest", "a", "b", "-s", "nan"], "expected more than 0, got nan"),
+    ],
+)
+def test_run_counts_and_durations_must_be_positive(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Rejected before any hub starts (zero pairs used to end in a median of nothing).
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
