@@ -80,12 +80,19 @@ def test_the_bench_writer_pages_tool_runs_the_current_ingest_write() -> None:
     assert result["wal_pages_per_webhook"] > 1
 
 
-def test_store_connections_keep_temporary_storage_in_memory(tmp_path: Any) -> None:
-    # A batch's statement journals stay in memory instead of a temporary file per transaction.
+def test_the_writer_keeps_temporary_storage_in_memory_but_migrations_use_files(tmp_path: Any, monkeypatch: Any) -> None:
+    # A batch's statement journals stay in memory instead of a temporary file per transaction;
+    # an index build in a migration sorts through files, not RAM.
     db = sqlite_store.connect_writer(str(tmp_path / "omni.db"), "FULL")
     try:
         assert db.execute("PRAGMA temp_store").fetchone() == (2,)
         assert db.execute("PRAGMA synchronous").fetchone() == (2,)
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        probe = (9999, "9999_probe.sql", "CREATE TABLE probe AS SELECT temp_store AS v FROM pragma_temp_store();")
+        bundled = sqlite_store.migrations()
+        monkeypatch.setattr(sqlite_store, "migrations", lambda dialect="sqlite": [*bundled, probe])
+        assert sqlite_store._apply_migrations(db)[-1] == "9999_probe.sql"
+        assert db.execute("SELECT v FROM probe").fetchone() == (1,)  # FILE while migrating
+        assert db.execute("PRAGMA temp_store").fetchone() == (2,)  # and back afterwards
     finally:
         db.close()
