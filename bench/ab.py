@@ -25,13 +25,17 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
+from typing import TypeVar
 
 from bench import driver, procs, scenarios
 from bench.backends import BACKENDS, history_tenant_ids
 from bench.scenarios import Context, Plan, log
+
+N = TypeVar("N", int, float)
 
 PLUGIN_DIRS = ("omni-whatsapp-evolution", "omni-hive", "omni-slack", "omni-discord")
 
@@ -187,26 +191,19 @@ def summary(a: Version, b: Version, unit: str, key: str = "rate") -> list[str]:
     return lines
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
+def positive(convert: Callable[[str], N], what: str) -> Callable[[str], N]:
+    """An argparse type: ``convert(text)`` (``what`` it expects), which must be above 0."""
 
+    def parse(text: str) -> N:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not value > 0:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"expected more than 0, got {text}")
+        return value
 
-def positive_float(text: str) -> float:
-    """An argparse type: a number of seconds above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected more than 0, got {text}")
-    return value
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,10 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("scenario", choices=sorted(RUNNERS))
     parser.add_argument("a", help="LABEL or LABEL:PATH (the baseline)")
     parser.add_argument("b", help="LABEL or LABEL:PATH")
-    parser.add_argument("-r", "--reps", type=positive_int, default=4, help="pairs of runs (default 4)")
-    parser.add_argument(
-        "-s", "--seconds", type=positive_float, default=6.0, help="measured seconds per run (default 6)"
-    )
+    reps, seconds = positive(int, "a whole number"), positive(float, "a number")
+    parser.add_argument("-r", "--reps", type=reps, default=4, help="pairs of runs (default 4)")
+    parser.add_argument("-s", "--seconds", type=seconds, default=6.0, help="measured seconds per run (default 6)")
     parser.add_argument("--backend", choices=list(BACKENDS), default="sqlite")
     parser.add_argument("--env-a", action="append", default=[], metavar="NAME=VALUE", help="extra hub env for A")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra hub env for B")

@@ -43,7 +43,7 @@ def test_a_version_is_this_checkout_or_one_with_omni_core(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["ingest", "a", "b", "-r", "0"], "expected at least 1, got 0"),
+        (["ingest", "a", "b", "-r", "0"], "expected more than 0, got 0"),
         (["ingest", "a", "b", "-r", "two"], "expected a whole number, got 'two'"),
         (["ingest", "a", "b", "-s", "0"], "expected more than 0, got 0"),
         (["ingest", "a", "b", "-s", "nan"], "expected more than 0, got nan"),
