@@ -126,7 +126,7 @@ def connect_writer(path: str, synchronous: str) -> sqlite3.Connection:
         # NOT NULL and UNIQUE checks) keeps a statement journal of every page it changes, so it
         # can be undone alone. Past 64 KiB SQLite spills that journal to a new temporary file,
         # which the writer's batches always exceeded: a file opened, written and unlinked per
-        # transaction (strace: a sixth of the writer's pwrite calls). In memory it costs a copy
+        # transaction (strace: a ninth of the writer's pwrite calls). In memory it costs a copy
         # per page, bounded by a batch's size. Migrations switch back to files (see there).
         conn.execute("PRAGMA temp_store=MEMORY")
     except BaseException:
